@@ -1,0 +1,197 @@
+"""The ``kidedge`` command line: one click group, each command a thin wrapper over a
+library call (DESIGN.md, "CLI contract"). Heavy modules (torch, onnx) are imported inside
+the command that needs them, so ``kidedge infer`` and ``kidedge info`` stay lean.
+
+Exit codes: 0 success, 2 user error (one line on stderr), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+import traceback
+
+import click
+
+from kidedge import __version__
+from kidedge.errors import KidedgeError, NotReadyError
+
+
+def _library_call(module: str, function: str, issue: str):
+    """Import ``module.function`` lazily; a missing implementation is a clean exit 2."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
+            raise NotReadyError(f"this command is not available in this build yet ({issue})") from exc
+        if exc.name in ("torch", "torchvision", "segmentation_models_pytorch", "onnx", "onnxscript"):
+            raise KidedgeError(
+                f"this command needs '{exc.name}': pip install 'kidedge[train,export]'"
+            ) from exc
+        raise
+    return getattr(mod, function)
+
+
+def _one_line_errors(fn):
+    """Turn exceptions into one line on stderr and the contract's exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            code = fn(*args, **kwargs)
+        except KidedgeError as exc:
+            click.echo(f"kidedge: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("kidedge: interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except MemoryError:
+            click.echo("kidedge: internal error: out of memory", err=True)
+            sys.exit(1)
+        except Exception as exc:  # a bug: keep it to one line unless debugging
+            if os.environ.get("KIDEDGE_DEBUG"):
+                traceback.print_exc()
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"kidedge: internal error: {type(exc).__name__}: {msg}", err=True)
+            sys.exit(1)
+        sys.exit(int(code or 0))
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kidedge")
+def main() -> None:
+    """kidedge: kidney and kidney-tumour CT segmentation, from training to edge deployment."""
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--cases", default=3, show_default=True, type=click.IntRange(1, 10000), help="Number of cases.")
+@click.option("--from-labels", type=click.Path(exists=True, file_okay=False), help="Dataset of real label maps (any supported layout) to give the phantoms real kidney and tumour anatomy.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (deterministic output).")
+@click.option("--montage/--no-montage", default=True, show_default=True, help="Write montage.png with label contours.")
+@_one_line_errors
+def phantom(out_dir, cases, from_labels, seed, montage):
+    """Write synthetic abdominal CT phantoms in the KiTS layout."""
+    fn = _library_call("kidedge.phantom", "write_phantom_dataset", "issue 3")
+    return fn(out_dir, cases=cases, from_labels=from_labels, seed=seed, montage=montage)
+
+
+@main.command()
+@click.option("--recipe", help="Recipe name (see --list).")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), help="Dataset folder (KiTS19/21/23 or Decathlon layout).")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory for checkpoints, metrics and curves.")
+@click.option("--epochs", type=click.IntRange(1, 100000), help="Override the recipe's epochs.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume/--no-resume", default=False, help="Resume from RUN_DIR's last checkpoint.")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), help="Local ImageNet-pretrained encoder weights (off by default).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.batch_size=8.")
+@click.option("--list", "list_recipes", is_flag=True, help="List the recipes and their sources.")
+@_one_line_errors
+def train(recipe, data, out, epochs, device, resume, pretrained, overrides, list_recipes):
+    """Train a recipe from the papers on KiTS-layout data."""
+    if list_recipes:
+        fn = _library_call("kidedge.train.recipes", "print_recipe_list", "issue 4")
+        return fn()
+    missing = [n for n, v in (("--recipe", recipe), ("--data", data), ("--out", out)) if not v]
+    if missing:
+        raise KidedgeError(f"train needs {', '.join(missing)} (or --list)")
+    fn = _library_call("kidedge.train.loop", "train_recipe", "issue 4")
+    return fn(recipe, data, out, epochs=epochs, device=device, resume=resume, pretrained=pretrained, overrides=list(overrides))
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--out", "out", type=click.Path(), help="Model package to write (directory, or .zip).")
+@click.option("--fp16", is_flag=True, help="Also write fp16 ONNX (for GPUs).")
+@click.option("--int8", is_flag=True, help="Also write int8 ONNX (CPU and TensorRT variants).")
+@click.option("--calib", type=click.Path(exists=True, file_okay=False), help="CT dataset for int8 calibration.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile", show_default=True)
+@click.option("--tensorrt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and a GPU).")
+@click.option("--verify", "verify", type=click.Path(exists=True), help="Re-check an existing package's hashes and parity instead.")
+@_one_line_errors
+def export(run_dir, out, fp16, int8, calib, calib_method, tensorrt, verify):
+    """Export a trained run to a model package (ONNX fp32/fp16/int8, TensorRT)."""
+    if verify:
+        fn = _library_call("kidedge.export.verify", "verify_package", "issue 5")
+        return fn(verify)
+    if not run_dir or not out:
+        raise KidedgeError("export needs RUN_DIR and --out PACKAGE (or --verify PACKAGE)")
+    fn = _library_call("kidedge.export.package_writer", "export_run", "issue 5")
+    return fn(run_dir, out, fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, tensorrt=tensorrt)
+
+
+@main.command()
+@click.argument("scans", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(), help="Output file (one scan) or directory.")
+@click.option("--model", type=click.Path(), help="Model package (default: the one shipped with kidedge).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True)
+@click.option("--batch", type=click.IntRange(1, 1024), default=None, help="Micro-batch size (slices).")
+@click.option("--profile", type=click.Path(dir_okay=False), help="Write the run's profile as JSON.")
+@click.option("--overlay", type=click.Path(dir_okay=False), help="Write a PNG of axial slices with labels drawn over the CT.")
+@click.option("--no-gate", is_flag=True, help="Run stage 2 on every slice (disable cascade gating).")
+@_one_line_errors
+def infer(scans, output, model, backend, precision, batch, profile, overlay, no_gate):
+    """Segment kidneys, tumours and cysts in CT scans (NIfTI or DICOM folders)."""
+    fn = _library_call("kidedge.runtime.command", "infer_command", "issue 6")
+    return fn(list(scans), output=output, model=model, backend=backend, precision=precision,
+              batch=batch, profile=profile, overlay=overlay, gate=not no_gate)
+
+
+@main.command()
+@click.option("--pred", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of predicted label maps.")
+@click.option("--gt", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of ground truth (any supported layout).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write per-case and aggregate results (.json; a .csv is written beside it).")
+@click.option("--tolerance", default=2.0, show_default=True, type=float, help="Surface Dice tolerance in mm.")
+@_one_line_errors
+def evaluate(pred, gt, out, tolerance):
+    """Score predictions with the KiTS hierarchical Dice and surface Dice."""
+    fn = _library_call("kidedge.metrics", "evaluate_dirs", "issue 3")
+    return fn(pred, gt, out=out, tolerance_mm=tolerance)
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--quick", is_flag=True, help="A small version that runs in under two minutes.")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Results folder (default benchmarks/results/<machine>).")
+@click.option("--model", type=click.Path(), help="Model package (default: the shipped one).")
+@click.option("--labels", type=click.Path(exists=True, file_okay=False), help="Real label maps for phantom geometry (default ../shared/data/kits19-labels when present).")
+@_one_line_errors
+def bench(quick, out, model, labels):
+    """Latency benchmark report: kidedge against the baselines users would otherwise run."""
+    fn = _library_call("kidedge.runtime.bench", "run_bench", "issue 7")
+    return fn(quick=quick, out=out, model=model, labels=labels)
+
+
+@main.command()
+@click.option("--out", "out", default="demo_out", show_default=True, type=click.Path(file_okay=False))
+@_one_line_errors
+def demo(out):
+    """Make a phantom scan and segment it with the built-in model."""
+    fn = _library_call("kidedge.demo", "run_demo", "issue 8")
+    return fn(out)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_one_line_errors
+def info(as_json):
+    """Versions, backends, CPU and GPU of this machine."""
+    from kidedge.environment import describe, format_description
+
+    d = describe()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(d, indent=2))
+    else:
+        click.echo(format_description(d))
+
+
+if __name__ == "__main__":
+    main()
