@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from kidedge import cli
+from kidedge.environment import describe, machine_label
+
+COMMANDS = {"phantom", "train", "export", "infer", "evaluate", "bench", "demo", "info"}
+
+
+def test_help_lists_every_command_of_the_contract():
+    result = CliRunner().invoke(cli.main, ["--help"])
+    assert result.exit_code == 0
+    listed = {line.split()[0] for line in result.output.split("Commands:")[1].strip().splitlines()}
+    assert listed == COMMANDS
+
+
+def test_info_reports_environment_as_text_and_json():
+    runner = CliRunner()
+    text = runner.invoke(cli.main, ["info"])
+    assert text.exit_code == 0 and "onnxruntime" in text.output and "cpu:" in text.output
+    data = json.loads(runner.invoke(cli.main, ["info", "--json"]).output)
+    assert "CPUExecutionProvider" in data["backends"]["onnxruntime"]["providers"]
+    assert data["cpu"]["logical_cores"] >= 1
+
+
+def test_machine_label_is_folder_safe():
+    label = machine_label(describe())
+    assert label and all(c.isalnum() or c == "-" for c in label)
+
+
+def test_missing_implementation_is_a_one_line_exit_2():
+    @click.command()
+    @cli._one_line_errors
+    def probe():
+        cli._library_call("kidedge.no_such_module", "run", "issue 99")
+
+    result = CliRunner().invoke(probe, [])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "issue 99" in result.output
+
+
+def test_internal_error_is_one_line_exit_1():
+    @click.command()
+    @cli._one_line_errors
+    def probe():
+        raise RuntimeError("boom\nsecond line")
+
+    result = CliRunner().invoke(probe, [])
+    assert result.exit_code == 1
+    assert result.output.strip() == "kidedge: internal error: RuntimeError: boom"
+
+
+def test_usage_error_exits_2():
+    result = CliRunner().invoke(cli.main, ["train", "--recipe", "x"])
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("args", [["--version"], ["info"]])
+def test_console_entry_point_runs(args):
+    out = subprocess.run([sys.executable, "-m", "kidedge.cli", *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
