@@ -1,0 +1,217 @@
+"""Which backend runs a package here: availability checks and ``--backend auto``.
+
+``auto`` walks :data:`AUTO_ORDER`, fastest kind of engine first, and takes the first one
+that is installed, has a device, and for which the package has a usable model file for
+every stage. The ranking is by kind of engine (a TensorRT plan built for this GPU, then
+onnxruntime on the GPU, then torch on the GPU, then onnxruntime on the CPU, which for the
+small 2D U-Nets of kidedge is faster than eager torch on the CPU); the choice and the
+reason for skipping the others are reported to the user.
+
+Nothing here imports torch unless an NVIDIA GPU is present (or ``--backend torch`` is
+asked for), so ``auto`` on a CPU-only or Jetson install stays torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from pathlib import Path
+
+from kidedge.errors import KidedgeError
+from kidedge.runtime.backends.base import Backend
+from kidedge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from kidedge.runtime.backends.onnxruntime_backend import available_devices as ort_devices
+from kidedge.runtime.backends.tensorrt_backend import (
+    TensorRTBackend,
+    gpu_name,
+    match_plan,
+    tensorrt_version,
+)
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+USER_PRECISIONS = ("auto", "fp32", "fp16", "int8")
+#: (backend, device) in the order ``--backend auto`` tries them.
+AUTO_ORDER = (("tensorrt", "cuda"), ("onnxruntime", "tensorrt"), ("onnxruntime", "cuda"),
+              ("torch", "cuda"), ("onnxruntime", "cpu"))
+
+
+@dataclasses.dataclass
+class BackendChoice:
+    """What will run: backend, device, and the package file key used for each stage.
+
+    Attributes:
+        backend: ``onnxruntime``, ``tensorrt`` or ``torch``.
+        device: ``cpu`` or ``cuda`` (for onnxruntime also ``tensorrt``: its TensorRT EP).
+        files: stage name -> key in the stage's ``files`` (``fp32``, ``int8-cpu``, ...,
+            ``torch``, or a TensorRT plan key).
+        precision: the resolved precision, e.g. ``int8`` (one word for the report).
+        reason: why this backend, and why not the faster ones.
+    """
+
+    backend: str
+    device: str
+    files: dict[str, str]
+    precision: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"{self.backend} ({self.device}, {self.precision})"
+
+
+def has_nvidia_gpu() -> bool:
+    """Cheap check for an NVIDIA driver and device, without importing any CUDA library."""
+    return Path("/proc/driver/nvidia/version").exists() or any(
+        Path(p).exists() for p in ("/dev/nvidia0", "/dev/nvhost-gpu", "/dev/nvgpu/igpu0"))
+
+
+def _torch_cuda() -> bool:
+    if not has_nvidia_gpu() or importlib.util.find_spec("torch") is None:
+        return False
+    import torch  # only with an NVIDIA GPU present
+
+    return bool(torch.cuda.is_available())
+
+
+def device_available(backend: str, device: str) -> str | None:
+    """None if ``backend`` can run on ``device`` here, else a short reason why not."""
+    if backend == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed"
+        return None if device in ort_devices() else f"onnxruntime here has no {device} execution provider"
+    if backend == "tensorrt":
+        if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
+            return "TensorRT and pycuda are not installed (pip install 'kidedge[tensorrt]')"
+        return None if gpu_name() else "no CUDA GPU"
+    if backend == "torch":
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed (pip install 'kidedge[train]')"
+        if device == "cuda":
+            return None if _torch_cuda() else "torch has no CUDA GPU here"
+        return None
+    return f"unknown backend {backend!r}"
+
+
+def _onnx_keys(device: str, precision: str) -> tuple[str, ...]:
+    """Package file keys to try, in order, for onnxruntime on ``device``."""
+    gpu = device != "cpu"
+    if precision == "auto":
+        return ("fp16", "fp32") if gpu else ("int8-cpu", "fp32")
+    if precision == "int8":
+        return ("int8-trt", "int8-cpu") if device == "tensorrt" else ("int8-cpu",)
+    return (precision,)
+
+
+def _resolve_files(package, backend: str, device: str, precision: str) -> dict[str, str]:
+    """Stage name -> file key for this backend, or KidedgeError naming what is missing."""
+    files = {}
+    for stage in package.stages:
+        have = stage["files"]
+        if backend == "onnxruntime":
+            keys = _onnx_keys(device, precision)
+            key = next((k for k in keys if k in have), None)
+            if key is None:
+                raise KidedgeError(
+                    f"{package.source}: stage {stage['name']!r} has no {precision if precision != 'auto' else keys[-1]} "
+                    f"ONNX model for onnxruntime on {device} (has {package.available_precisions(stage['name'])})")
+        elif backend == "torch":
+            if precision == "int8":
+                raise KidedgeError("the torch backend has no int8; use --backend onnxruntime or tensorrt")
+            if "torch" not in have:
+                raise KidedgeError(f"{package.source}: stage {stage['name']!r} has no torch state_dict for --backend torch")
+            key = "torch"
+        elif backend == "tensorrt":
+            order = ("fp16", "fp32", "int8") if precision == "auto" else (precision,)
+            key = match_plan(have.get("tensorrt", {}), tensorrt_version(), gpu_name(), order)
+            if key is None:
+                raise KidedgeError(
+                    f"{package.source}: stage {stage['name']!r} has no {'' if precision == 'auto' else precision + ' '}"
+                    f"TensorRT plan for TensorRT {tensorrt_version()} on {gpu_name()} "
+                    f"(plans: {sorted(have.get('tensorrt', {})) or 'none'}); use --backend onnxruntime")
+        else:
+            raise KidedgeError(f"unknown backend {backend!r} (one of {BACKENDS})")
+        files[stage["name"]] = key
+    return files
+
+
+def _precision_word(backend: str, device: str, files: dict[str, str], precision: str) -> str:
+    if backend == "torch":
+        return "fp16" if (precision in ("auto", "fp16") and device == "cuda") else "fp32"
+    key = next(iter(files.values()))
+    if backend == "tensorrt":
+        return key.split("-")[-2] if key.count("-") >= 2 else key
+    return key.split("-")[0]
+
+
+def select_backend(package, backend: str = "auto", precision: str = "auto") -> BackendChoice:
+    """Choose the backend, device and model files for ``package``.
+
+    Args:
+        package: a :class:`kidedge.package.ModelPackage`.
+        backend: ``auto`` (fastest available, see :data:`AUTO_ORDER`) or a backend name.
+        precision: ``auto`` (int8 on CPU, fp16 on GPU, fp32 when those are missing),
+            ``fp32``, ``fp16`` or ``int8``.
+
+    Raises:
+        KidedgeError: the backend cannot run here, or the package lacks its files.
+    """
+    if precision not in USER_PRECISIONS:
+        raise KidedgeError(f"--precision must be one of {USER_PRECISIONS}, got {precision!r}")
+    if backend == "auto":
+        skipped = []
+        for name, device in AUTO_ORDER:
+            why = device_available(name, device)
+            if why is None:
+                try:
+                    files = _resolve_files(package, name, device, precision)
+                except KidedgeError as exc:
+                    why = str(exc).split(": ", 1)[-1]
+            if why is None:
+                reason = "auto: fastest available" + (f" (skipped {'; '.join(skipped)})" if skipped else "")
+                return BackendChoice(name, device, files, _precision_word(name, device, files, precision), reason)
+            skipped.append(f"{name}/{device}: {why}")
+        raise KidedgeError(f"no backend can run {package.source} here: {'; '.join(skipped)}")
+    if backend not in BACKENDS:
+        raise KidedgeError(f"--backend must be auto or one of {BACKENDS}, got {backend!r}")
+    devices = {"onnxruntime": ("cuda", "cpu"), "tensorrt": ("cuda",), "torch": ("cuda", "cpu")}[backend]
+    why = None
+    for device in devices:
+        why = device_available(backend, device)
+        if why is None:
+            break
+    if why is not None:
+        raise KidedgeError(f"--backend {backend}: {why}")
+    if backend == "torch" and precision == "fp16" and device != "cuda":
+        raise KidedgeError("--backend torch --precision fp16 needs a CUDA GPU")
+    files = _resolve_files(package, backend, device, precision)
+    return BackendChoice(backend, device, files, _precision_word(backend, device, files, precision),
+                         f"--backend {backend}")
+
+
+def create_backend(choice: BackendChoice, package, stage: dict, max_batch: int = 8,
+                   threads: int | None = None) -> Backend:
+    """The (not yet activated) backend of one stage; the model file's hash is checked here.
+
+    Args:
+        choice: from :func:`select_backend`.
+        package: the :class:`kidedge.package.ModelPackage`.
+        stage: one of ``package.stages``.
+        max_batch: micro-batch size (TensorRT sizes its buffers for it).
+        threads: CPU threads for onnxruntime / torch on CPU (None: library default).
+    """
+    key = choice.files[stage["name"]]
+    path = package.file_path(stage["name"], key)
+    if choice.backend == "onnxruntime":
+        return OnnxRuntimeBackend(path, device=choice.device, threads=threads)
+    if choice.backend == "tensorrt":
+        return TensorRTBackend(path, max_batch=max_batch)
+    from kidedge.runtime.backends.torch_backend import TorchBackend
+
+    return TorchBackend(stage.get("arch", package.manifest.get("architecture")), stage.get("model_kwargs", {}),
+                        path, device=choice.device, precision=choice.precision, threads=threads)
+
+
+def default_threads() -> int | None:
+    """CPU threads for inference: ``KIDEDGE_THREADS`` if set, else the library default."""
+    v = os.environ.get("KIDEDGE_THREADS")
+    return int(v) if v and v.isdigit() and int(v) > 0 else None

@@ -1,0 +1,125 @@
+"""Cascade gating: stage 1 finds the kidneys cheaply, stage 2 runs only there.
+
+Stage 1 (the package's ``localise`` stage) sees every slice, but at low resolution (its
+preprocessing resamples slices to e.g. 64x64). :class:`CascadeGate` collects, slice by
+slice, where stage 1 found any of the ROI labels, maps that back to scan pixels, and turns
+it into one box (slices x rows x columns) grown by the stage's ``margin_mm`` in each
+direction using the scan's spacing. Stage 2 then runs at full resolution on that box only;
+everything outside is background. The gate counts the slices and pixels stage 2 skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionOfInterest:
+    """A box in canonical voxel indices, half-open: ``[start, stop)`` on each axis."""
+
+    slice_start: int
+    slice_stop: int
+    row_start: int
+    row_stop: int
+    col_start: int
+    col_stop: int
+
+    @property
+    def slices(self) -> int:
+        return self.slice_stop - self.slice_start
+
+    @property
+    def pixels_per_slice(self) -> int:
+        return (self.row_stop - self.row_start) * (self.col_stop - self.col_start)
+
+    def as_slices(self) -> tuple[slice, slice, slice]:
+        return (slice(self.slice_start, self.slice_stop), slice(self.row_start, self.row_stop),
+                slice(self.col_start, self.col_stop))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CascadeGate:
+    """Collects stage 1's detections and gives stage 2's region of interest.
+
+    Args:
+        shape: canonical scan shape (slices, rows, cols).
+        spacing: canonical spacing (slice, row, col) in mm.
+        roi_labels: stage 1 labels that count as kidney region (the ``roi.labels`` of
+            stage 2, e.g. [1, 2, 3]).
+        margin_mm: how far to grow the box beyond the detections, in mm.
+        crop_in_plane: False when stage 2 needs whole slices (a fixed-size native input):
+            then only slices are gated.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                 roi_labels: list[int], margin_mm: float, crop_in_plane: bool = True) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.spacing = tuple(float(s) for s in spacing)
+        self.roi_labels = np.asarray(sorted(set(int(v) for v in roi_labels)), np.uint8)
+        self.margin_mm = float(margin_mm)
+        self.crop_in_plane = crop_in_plane
+        # Per slice: [row_min, row_max_exclusive, col_min, col_max_exclusive], -1 if none.
+        self.boxes = np.full((self.shape[0], 4), -1, np.int64)
+        self.seen = np.zeros(self.shape[0], bool)
+
+    def add(self, start: int, labels_lowres: np.ndarray) -> None:
+        """Record stage 1's labels for slices ``start : start + n``.
+
+        Args:
+            start: canonical index of the first slice.
+            labels_lowres: uint8 ``(n, h, w)`` stage 1 labels on its own grid, which
+                covers the whole slice (padding already removed).
+        """
+        n, h, w = labels_lowres.shape
+        rows_full, cols_full = self.shape[1], self.shape[2]
+        hit = np.isin(labels_lowres, self.roi_labels)
+        for i in range(n):
+            k = start + i
+            self.seen[k] = True
+            r = np.flatnonzero(hit[i].any(axis=1))
+            if r.size == 0:
+                continue
+            c = np.flatnonzero(hit[i].any(axis=0))
+            # Low-res pixel j covers full-res [j*R/h, (j+1)*R/h): take the outer pixels.
+            self.boxes[k] = (math.floor(r[0] * rows_full / h), math.ceil((r[-1] + 1) * rows_full / h),
+                             math.floor(c[0] * cols_full / w), math.ceil((c[-1] + 1) * cols_full / w))
+
+    def region(self) -> RegionOfInterest | None:
+        """The box stage 2 must run on, or None when stage 1 found no kidney at all."""
+        found = np.flatnonzero(self.boxes[:, 0] >= 0)
+        if found.size == 0:
+            return None
+        n, rows, cols = self.shape
+        ms, mr, mc = (math.ceil(self.margin_mm / s) if s > 0 else 0 for s in self.spacing)
+        b = self.boxes[found]
+        s0, s1 = max(0, found[0] - ms), min(n, found[-1] + 1 + ms)
+        if not self.crop_in_plane:
+            return RegionOfInterest(int(s0), int(s1), 0, rows, 0, cols)
+        return RegionOfInterest(int(s0), int(s1),
+                                int(max(0, b[:, 0].min() - mr)), int(min(rows, b[:, 1].max() + mr)),
+                                int(max(0, b[:, 2].min() - mc)), int(min(cols, b[:, 3].max() + mc)))
+
+    def stats(self) -> dict:
+        """How much of the scan stage 2 skipped (for the profile)."""
+        n, rows, cols = self.shape
+        roi = self.region()
+        run_slices = roi.slices if roi else 0
+        run_pixels = roi.slices * roi.pixels_per_slice if roi else 0
+        total_pixels = n * rows * cols
+        return {
+            "enabled": True,
+            "margin_mm": self.margin_mm,
+            "slices_with_kidney_stage1": int((self.boxes[:, 0] >= 0).sum()),
+            "slices_total": n,
+            "slices_run_stage2": int(run_slices),
+            "skipped_slice_fraction": round(1 - run_slices / n, 6) if n else 0.0,
+            "pixels_total": int(total_pixels),
+            "pixels_run_stage2": int(run_pixels),
+            "skipped_pixel_fraction": round(1 - run_pixels / total_pixels, 6) if total_pixels else 0.0,
+            "roi": roi.to_dict() if roi else None,
+        }

@@ -1,0 +1,229 @@
+"""The streaming pipeline: slabs in, uint8 labels out, with I/O overlapping compute.
+
+One stage of a package runs over a scan as three workers joined by bounded queues::
+
+    reader thread        main thread              labeller thread
+    read slab  ->  [q] -> micro-batched infer -> [q] -> logits -> uint8 labels -> sink
+    + preprocess
+
+The queues hold at most ``queue_depth`` slabs each, so memory stays bounded by a few slabs
+whatever the scan's length, and decompression / preprocessing (numpy and zlib release the
+GIL) run while the engine computes. The float32 network input and logits exist only for
+the slabs in flight; the labeller turns logits into uint8 labels slab by slab
+(:func:`kidedge.runtime.labels.logits_to_labels`) and hands them to ``sink``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from kidedge.errors import KidedgeError
+from kidedge.preprocess import PreprocessSpec, output_size, padded_size, preprocess_slices
+from kidedge.runtime.backends.base import Backend
+from kidedge.runtime.gating import RegionOfInterest
+from kidedge.runtime.labels import logits_to_labels
+from kidedge.runtime.profiling import Profiler
+
+_DONE = object()
+
+
+def iter_slabs(scan, slab_size: int, context: int, start: int = 0, stop: int | None = None
+               ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, slices)`` of canonical slices ``start:stop`` in slabs, each with
+    ``context`` neighbour slices on each side (edge-replicated at the volume's ends).
+
+    Uses :class:`kidedge.io.SlabReader`, which streams the file and never holds the
+    whole volume. Slabs outside ``[start, stop)`` are skipped (or trimmed) here.
+    """
+    from kidedge.io import SlabReader
+
+    n = scan.shape[0]
+    stop = n if stop is None else min(stop, n)
+    kwargs = {}
+    params = inspect.signature(SlabReader).parameters
+    if start > 0 and "start" in params:
+        kwargs["start"] = start
+    if stop < n and "stop" in params:
+        kwargs["stop"] = stop
+    for slab in SlabReader(scan, slab_size=slab_size, context=context, **kwargs):
+        a, b = slab.start, slab.stop
+        if b <= start:
+            continue
+        if a >= stop:
+            break
+        lo, hi = max(a, start), min(b, stop)
+        arr = slab.array
+        if (lo, hi) != (a, b):
+            arr = arr[lo - a: hi - a + 2 * context]
+        yield lo, hi, arr
+
+
+class _Worker(threading.Thread):
+    """A daemon thread that records the exception that ended it."""
+
+    def __init__(self, target: Callable[[], None], name: str, abort: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self._abort = abort
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # re-raised in the main thread
+            self.error = exc
+            self._abort.set()  # unblocks the other workers' queue waits
+
+
+def _put(q: queue.Queue, item, abort: threading.Event) -> bool:
+    """Put with a timeout loop so a worker never blocks forever after an abort."""
+    while not abort.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def run_stage(
+    scan,
+    backend: Backend,
+    stage: dict,
+    sink: Callable[[int, int, np.ndarray], None],
+    profiler: Profiler,
+    region: RegionOfInterest | None = None,
+    batch: int = 4,
+    slab_size: int = 16,
+    queue_depth: int = 2,
+    label_grid: str = "scan",
+    name: str = "stage",
+) -> int:
+    """Run one package stage over a scan (or over ``region`` of it), streaming.
+
+    Args:
+        scan: a :class:`kidedge.io.Scan`.
+        backend: an activated backend for this stage.
+        stage: the package's stage dict (``preprocess``, ``input``, ``output``).
+        sink: called as ``sink(start, stop, labels)`` for each slab, in slice order, with
+            uint8 labels ``(stop - start, h, w)`` on the grid chosen by ``label_grid``.
+        profiler: where stage times and batch latencies go.
+        region: only these slices / rows / columns (cascade stage 2); None: everything.
+        batch: micro-batch size (slices per ``infer`` call).
+        slab_size: slices read and preprocessed at a time.
+        queue_depth: slabs buffered between workers (bounds memory).
+        label_grid: ``"scan"``: labels at the region's full resolution; ``"model"``: on
+            the stage's own (unpadded) output grid, e.g. 64x64 for a localiser.
+        name: prefix of this stage's entries in the profile.
+
+    Returns:
+        Number of slices run.
+    """
+    spec = PreprocessSpec.from_dict(stage["preprocess"])
+    n, rows, cols = scan.shape
+    roi = region or RegionOfInterest(0, n, 0, rows, 0, cols)
+    full_crop = (roi.row_start, roi.row_stop, roi.col_start, roi.col_stop) == (0, rows, 0, cols)
+    in_size = (roi.row_stop - roi.row_start, roi.col_stop - roi.col_start)
+    pixel_spacing = scan.spacing[1:]
+    content = output_size(spec, in_size, pixel_spacing)
+    net_size = padded_size(spec, content)
+    _check_input_size(stage, spec, net_size, scan)
+    target = in_size if label_grid == "scan" else content
+    slab_size = max(slab_size, batch)
+    abort = threading.Event()
+    q_in: queue.Queue = queue.Queue(maxsize=queue_depth)
+    q_out: queue.Queue = queue.Queue(maxsize=queue_depth)
+    finite_check = np.issubdtype(scan.dtype, np.floating)
+
+    def read_and_preprocess() -> None:
+        it = iter_slabs(scan, slab_size, spec.context, roi.slice_start, roi.slice_stop)
+        while not abort.is_set():
+            with profiler.stage(f"{name}.read"):
+                item = next(it, None)
+            if item is None:
+                break
+            a, b, raw = item
+            if not full_crop:
+                raw = raw[:, roi.row_start:roi.row_stop, roi.col_start:roi.col_stop]
+            if finite_check and not np.all(np.isfinite(raw)):
+                raise KidedgeError(f"{scan.source}: slices {a}-{b - 1} contain NaN or infinite values")
+            with profiler.stage(f"{name}.preprocess"):
+                x = preprocess_slices(raw, spec, pixel_spacing, scan.slope, scan.intercept)
+            if not _put(q_in, (a, b, x), abort):
+                return
+        _put(q_in, _DONE, abort)
+
+    def label() -> None:
+        while not abort.is_set():
+            try:
+                item = q_out.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                return
+            a, b, logits = item
+            with profiler.stage(f"{name}.labels"):
+                labels = logits_to_labels(logits, stage["output"], content, target)
+            with profiler.stage(f"{name}.sink"):
+                sink(a, b, labels)
+
+    reader = _Worker(read_and_preprocess, f"kidedge-{name}-reader", abort)
+    labeller = _Worker(label, f"kidedge-{name}-labeller", abort)
+    reader.start()
+    labeller.start()
+    done = 0
+    try:
+        while True:
+            try:
+                item = q_in.get(timeout=0.1)
+            except queue.Empty:
+                if abort.is_set():
+                    break
+                if not reader.is_alive() and q_in.empty():
+                    break
+                continue
+            if item is _DONE:
+                break
+            a, b, x = item
+            parts = []
+            for i in range(0, x.shape[0], batch):
+                xb = x[i:i + batch]
+                t = time.perf_counter()
+                parts.append(backend.infer(xb))
+                dt = time.perf_counter() - t
+                profiler.add_batch(xb.shape[0], dt)
+                profiler.add_time(f"{name}.infer", dt)
+            logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            del parts, x
+            if not _put(q_out, (a, b, logits), abort):
+                break
+            done += b - a
+        _put(q_out, _DONE, abort)
+        labeller.join()
+    finally:
+        abort.set()
+        reader.join()
+        labeller.join()
+    for worker in (reader, labeller):
+        if worker.error is not None:
+            raise worker.error
+    return done
+
+
+def _check_input_size(stage: dict, spec: PreprocessSpec, net_size: tuple[int, int], scan) -> None:
+    """Refuse a fixed-size model that the preprocessed slices do not fit."""
+    inp = stage.get("input", {})
+    fixed = (inp.get("height"), inp.get("width"))
+    if fixed[0] is not None and fixed[1] is not None and tuple(fixed) != tuple(net_size):
+        raise KidedgeError(
+            f"{scan.source}: stage {stage['name']!r} takes {fixed[0]}x{fixed[1]} slices but this scan's "
+            f"{scan.shape[1]}x{scan.shape[2]} slices preprocess to {net_size[0]}x{net_size[1]}")
+    if inp.get("channels") is not None and inp["channels"] != spec.channels:
+        raise KidedgeError(f"stage {stage['name']!r}: input has {inp['channels']} channels but its "
+                           f"preprocessing gives {spec.channels}")
