@@ -441,6 +441,8 @@ def find_predictions(pred_dir) -> dict[str, Path]:
         found[case_id] = path
 
     for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue  # hidden files: temporaries, macOS "._" forks
         if entry.is_file():
             stem = _strip_nifti(entry.name)
             if stem is not None:
@@ -460,23 +462,29 @@ def _case_key(case_id: str) -> str:
     return f"case_{int(m.group(1)):05d}" if m else case_id
 
 
-def _ground_truth_cases(gt_dir) -> dict[str, Path]:
+def _ground_truth_cases(gt_dir) -> dict:
+    """{case id: kidedge.io Case} of every labelled case under ``gt_dir``."""
     from kidedge.io import discover_cases
 
-    cases = {}
-    for case in discover_cases(gt_dir):
-        if case.label is not None:
-            cases[case.case_id] = Path(case.label)
+    # flat_as="label": a flat folder of NIfTI files is a folder of label maps here
+    cases = {c.case_id: c for c in discover_cases(gt_dir, flat_as="label") if c.label is not None}
     if not cases:
         raise KidedgeError(f"{gt_dir}: no ground-truth label maps found")
     return cases
 
 
-def _load(path: Path):
-    """(canonical uint8 labels, canonical affine, spacing) of a label map via kidedge.io."""
-    from kidedge.io import load_label_map
+def _load(source):
+    """(canonical uint8 labels, canonical affine, spacing) of a label map via kidedge.io.
 
-    labels, scan = load_label_map(path)
+    ``source`` is a kidedge.io Case (its own label mapping, e.g. a Decathlon
+    dataset.json, applies) or a path.
+    """
+    if hasattr(source, "load_label"):
+        labels, scan = source.load_label()
+    else:
+        from kidedge.io import load_label_map
+
+        labels, scan = load_label_map(source)
     return labels, np.asarray(scan.canonical_affine, dtype=np.float64), tuple(float(s) for s in scan.spacing)
 
 
@@ -641,9 +649,10 @@ def evaluate_dirs(pred, gt, out=None, tolerance_mm: float = 2.0, *, show_progres
     cases = []
     keys = sorted(truth_by_key)
     for key in tqdm(keys, desc="evaluate", unit="case", disable=not show_progress, file=sys.stderr):
-        case_id, gt_path = truth_by_key[key]
+        case_id, gt_case = truth_by_key[key]
+        gt_path = Path(gt_case.label)
         pred_path = pred_by_key[key][1]
-        gt_labels, gt_affine, spacing = _load(gt_path)
+        gt_labels, gt_affine, spacing = _load(gt_case)
         pred_labels, pred_affine, _ = _load(pred_path)
         if pred_labels.shape != gt_labels.shape:
             raise KidedgeError(f"{pred_path}: shape {pred_labels.shape} does not match the ground truth's {gt_labels.shape} ({gt_path})")
