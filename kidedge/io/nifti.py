@@ -1,0 +1,225 @@
+"""NIfTI (.nii, .nii.gz) reading: header checks up front, voxels in their native dtype.
+
+nibabel parses the header; the voxels are read by kidedge itself (``_read_volume``)
+because nibabel's gzip path briefly holds two copies of the data, and because the slab
+reader needs to know where each slice sits in the file (:class:`NiftiLayout`).
+NIfTI stores voxels in Fortran order: the FIRST array axis varies fastest. A scan whose
+slice axis is the LAST array axis (typical dcm2niix output, (x, y, z)) keeps each slice
+contiguous and can be streamed; KiTS19's files ((slices, 512, 512), the slice axis first)
+interleave every slice with every other and must be decompressed whole.
+
+4D files: a trailing singleton dimension ((x, y, z, 1), as some converters write) is
+squeezed and written back in the same 4D shape; a real 4D series (time, channels) is
+refused.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from kidedge.errors import KidedgeError
+from kidedge.io.gzip_stream import GzipDataError, GzipReader, gzip_trailer_size
+from kidedge.io.scan import Scan, check_geometry, check_rescale
+
+# Non-finite checks go through float data this many voxels at a time, so the boolean
+# temporary stays small.
+_FINITE_CHECK_VOXELS = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NiftiLayout:
+    """Where a NIfTI file's voxels are.
+
+    Args:
+        path: the file.
+        offset: byte offset of the first voxel in the (decompressed) stream.
+        file_dtype: dtype as stored (may be byte-swapped).
+        shape: the 3D native shape (after squeezing trailing singletons).
+        compressed: True for .nii.gz.
+    """
+
+    path: Path
+    offset: int
+    file_dtype: np.dtype
+    shape: tuple[int, int, int]
+    compressed: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.file_dtype.itemsize
+
+    def slice_bytes(self) -> int:
+        """Bytes of one plane of the last (slowest) axis."""
+        return self.shape[0] * self.shape[1] * self.file_dtype.itemsize
+
+
+def to_native_byte_order(arr: np.ndarray) -> np.ndarray:
+    """Byte-swap in place when the file was big-endian (no copy)."""
+    if not arr.dtype.isnative:
+        arr = arr.byteswap(inplace=True).view(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _problem(path: Path, exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return msg[:200]
+
+
+def load_nifti(path: Path) -> Scan:
+    """Read a NIfTI header, check it, and return a lazily loaded :class:`Scan`."""
+    path = Path(path)
+    compressed = path.name.lower().endswith(".gz")
+    if not path.is_file():
+        raise KidedgeError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise KidedgeError(f"{path}: empty file")
+    try:
+        img = nib.load(str(path), mmap=False)
+    except (EOFError, zlib.error, GzipDataError) as exc:
+        raise KidedgeError(f"{path}: truncated or corrupt file ({_problem(path, exc)})") from exc
+    except OSError as exc:  # gzip.BadGzipFile, permissions
+        raise KidedgeError(f"{path}: cannot read as NIfTI ({_problem(path, exc)})") from exc
+    except Exception as exc:  # nibabel's ImageFileError, HeaderDataError, ValueError...
+        raise KidedgeError(f"{path}: not a NIfTI file ({_problem(path, exc)})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise KidedgeError(f"{path}: not a NIfTI image ({type(img).__name__})")
+
+    hdr = img.header
+    file_shape = tuple(int(s) for s in img.shape)
+    if len(file_shape) < 3:
+        raise KidedgeError(f"{path}: a {len(file_shape)}D array of shape {file_shape}, not a 3D volume")
+    if len(file_shape) > 3:
+        if any(s != 1 for s in file_shape[3:]):
+            raise KidedgeError(
+                f"{path}: a {len(file_shape)}D array of shape {file_shape}; kidedge reads one 3D "
+                "volume (extract one, e.g. with fslroi)"
+            )
+    shape = file_shape[:3]
+    if min(shape) == 0:
+        raise KidedgeError(f"{path}: empty array of shape {file_shape}")
+
+    file_dtype = np.dtype(img.dataobj.dtype)
+    if file_dtype.kind not in "iuf" or file_dtype.fields is not None:
+        raise KidedgeError(f"{path}: voxel type {hdr.get_data_dtype()} is not a scalar CT/label type")
+
+    pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
+    if np.any(~np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise KidedgeError(f"{path}: zero or negative voxel spacing in the header (pixdim {pixdim.tolist()})")
+    affine = img.affine
+    check_geometry(path, affine)
+
+    slope = float(img.dataobj.slope)
+    inter = float(img.dataobj.inter)
+    check_rescale(path, slope, inter)
+
+    offset = int(img.dataobj.offset)
+    layout = NiftiLayout(path, offset, file_dtype, shape, compressed)
+    if compressed:
+        _check_gzip_size(layout)
+    elif size < offset + layout.nbytes:
+        raise KidedgeError(
+            f"{path}: truncated file ({size} bytes, the header needs {offset + layout.nbytes})"
+        )
+
+    scan = Scan(
+        source=path,
+        affine=affine,
+        native_shape=shape,
+        dtype=file_dtype.newbyteorder("="),
+        slope=slope,
+        intercept=inter,
+        loader=lambda: read_volume(layout),
+        format="nifti",
+        header=hdr,
+        file_shape=file_shape,
+        layout=layout,
+    )
+    if file_dtype.kind == "f":
+        # NaN/Inf must be found before anything is computed from them, and only reading
+        # every voxel finds them: float files are read at load.
+        check_finite(path, scan.native)
+    return scan
+
+
+def _check_gzip_size(layout: NiftiLayout) -> None:
+    """Catch a truncated .nii.gz cheaply: the trailer's ISIZE must match the header.
+
+    When it does not (a truncated file, or a legitimately multi-member / padded one),
+    the whole stream is decompressed once, in bounded memory, to decide.
+    """
+    expected = (layout.offset + layout.nbytes) % 2**32
+    if gzip_trailer_size(layout.path) == expected:
+        return
+    try:
+        with GzipReader(layout.path) as reader:
+            reader.skip(layout.offset + layout.nbytes)
+            reader.finish()
+    except GzipDataError as exc:
+        raise KidedgeError(f"{layout.path}: truncated or corrupt gzip ({exc})") from exc
+    except OSError as exc:
+        raise KidedgeError(f"{layout.path}: cannot read ({_problem(layout.path, exc)})") from exc
+
+
+def read_volume(layout: NiftiLayout) -> np.ndarray:
+    """Read all voxels into one native-dtype array (Fortran order, as stored), no float.
+
+    Peak memory is the array plus one compressed input chunk and one zlib output chunk.
+    """
+    arr = np.empty(layout.shape, dtype=layout.file_dtype, order="F")
+    buf = arr.reshape(-1, order="A")
+    try:
+        if layout.compressed:
+            with GzipReader(layout.path) as reader:
+                reader.skip(layout.offset)
+                reader.readinto(buf)
+                reader.finish()
+        else:
+            with open(layout.path, "rb") as f:
+                f.seek(layout.offset)
+                n = f.readinto(memoryview(buf).cast("B"))
+            if n != layout.nbytes:
+                raise KidedgeError(f"{layout.path}: truncated file ({n} of {layout.nbytes} voxel bytes)")
+    except GzipDataError as exc:
+        raise KidedgeError(f"{layout.path}: truncated or corrupt gzip ({exc})") from exc
+    except OSError as exc:
+        raise KidedgeError(f"{layout.path}: cannot read ({_problem(layout.path, exc)})") from exc
+    return to_native_byte_order(arr)
+
+
+def read_slices_into(fd: int, layout: NiftiLayout, first: int, out: np.ndarray) -> None:
+    """Read native last-axis planes ``first .. first + out.shape[2]`` of an UNCOMPRESSED file.
+
+    Args:
+        fd: an open file descriptor of ``layout.path``.
+        out: Fortran-ordered (nx, ny, m) array of the file dtype to fill.
+    """
+    start = layout.offset + first * layout.slice_bytes()
+    view = memoryview(out.reshape(-1, order="A")).cast("B")
+    n = os.preadv(fd, [view], start) if hasattr(os, "preadv") else _pread_into(fd, view, start)
+    if n != len(view):
+        raise KidedgeError(f"{layout.path}: truncated file (slices {first}.. could not be read)")
+
+
+def _pread_into(fd: int, view: memoryview, start: int) -> int:
+    data = os.pread(fd, len(view), start)
+    view[: len(data)] = data
+    return len(data)
+
+
+def check_finite(source: Path, arr: np.ndarray) -> None:
+    """Refuse NaN or infinite voxels (checked a few million voxels at a time)."""
+    if arr.dtype.kind != "f":
+        return
+    flat = arr.reshape(-1, order="A")
+    for start in range(0, flat.size, _FINITE_CHECK_VOXELS):
+        chunk = flat[start : start + _FINITE_CHECK_VOXELS]
+        if not np.isfinite(chunk).all():
+            bad = int(np.count_nonzero(~np.isfinite(flat)))
+            raise KidedgeError(f"{source}: {bad} NaN or infinite voxels")

@@ -1,0 +1,250 @@
+"""Consecutive canonical slices in bounded memory: :class:`SlabReader`.
+
+How a scan is read depends on where its slices sit in the file (``SlabReader.strategy``):
+
+- ``"pread"``: uncompressed .nii whose slice axis is the last (slowest) array axis: each
+  slab is read with one positioned read; memory is one slab.
+- ``"gzip-stream"``: .nii.gz, slice axis last, slabs asked for in file order: the stream
+  is decompressed once, front to back, one slab at a time.
+- ``"gzip-indexed"``: .nii.gz, slice axis last, but canonical order runs backwards
+  through the file (e.g. RAS (x, y, z) files, whose slice 0 is the most inferior while
+  canonical slice 0 is the most superior): one pass saves the zlib state at every slab
+  boundary (about 45 KiB each), then slabs are decompressed from those points in
+  canonical order. Twice the decompression time, memory still one slab. Pass
+  ``order="file"`` to get slabs in file order (descending canonical indices) in one pass.
+- ``"whole"``: the slice axis is not the last (KiTS19's own files: shape (slices, 512,
+  512), the slice axis varies FASTEST, so every slice is spread over the whole file),
+  DICOM series, or a scan already in memory: the volume is read once, in its native
+  dtype (never float), and slabs are copied out of it. benchmarks/bench_io_memory.py
+  measures this cost.
+
+Every ``Slab.array`` is a fresh C-contiguous array (safe to hand to another thread): the
+canonical slices ``start - context .. stop + context``, edge slices repeated where the
+range runs past the volume, native dtype. Float files are checked for NaN at load;
+corrupt or truncated gzip data is reported (KidedgeError) when reached, and the end of
+the stream's CRC is checked after the last slab.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from kidedge.errors import KidedgeError
+from kidedge.io.gzip_stream import GzipDataError, GzipReader
+from kidedge.io.nifti import NiftiLayout, read_slices_into
+from kidedge.io.scan import Scan
+
+STRATEGIES = ("pread", "gzip-stream", "gzip-indexed", "whole")
+
+
+@dataclass(frozen=True)
+class Slab:
+    """Canonical slices ``start`` (inclusive) to ``stop`` (exclusive).
+
+    Args:
+        start, stop: canonical slice indices of the slab's own slices.
+        array: (stop - start + 2 * context, rows, columns), native dtype; ``array[context]``
+            is slice ``start``.
+        context: extra slices on each side (edge-replicated at the volume's ends).
+    """
+
+    start: int
+    stop: int
+    array: np.ndarray
+    context: int = 0
+
+    @property
+    def core(self) -> np.ndarray:
+        """The slab's own slices, without context (a view)."""
+        return self.array[self.context : self.context + self.stop - self.start]
+
+
+class SlabReader:
+    """Iterate a scan in slabs of consecutive canonical slices.
+
+    Args:
+        scan: from :func:`kidedge.io.load_scan`.
+        slab_size: slices per slab (the last slab may be shorter).
+        context: extra slices on each side of every slab (e.g. for 2.5D input).
+        order: "ascending" (canonical slice 0 first) or "file" (the order that streams
+            best: descending canonical indices when the file stores slices bottom-up).
+    """
+
+    def __init__(self, scan: Scan, slab_size: int = 16, context: int = 0, order: str = "ascending") -> None:
+        if slab_size < 1 or context < 0:
+            raise ValueError("slab_size must be >= 1 and context >= 0")
+        if order not in ("ascending", "file"):
+            raise ValueError("order must be 'ascending' or 'file'")
+        self.scan = scan
+        self.slab_size = int(slab_size)
+        self.context = int(context)
+        self.order = order
+        self.n_slices = scan.shape[0]
+        self.strategy = self._choose_strategy()
+
+    def _choose_strategy(self) -> str:
+        layout = self.scan.layout
+        ori = self.scan.orientation
+        if self.scan.is_loaded or layout is None or ori.slice_axis != 2:
+            return "whole"
+        if not layout.compressed:
+            return "pread"
+        if not ori.slice_flipped or self.order == "file":
+            return "gzip-stream"
+        return "gzip-indexed"
+
+    @property
+    def descending(self) -> bool:
+        """Whether slabs come from the last canonical slice to the first."""
+        return self.order == "file" and self.scan.orientation.slice_flipped and self.strategy != "whole"
+
+    def __len__(self) -> int:
+        return -(-self.n_slices // self.slab_size)
+
+    def slab_ranges(self) -> list[tuple[int, int]]:
+        """(start, stop) of each slab, in the order they are yielded."""
+        ranges = [(s, min(s + self.slab_size, self.n_slices)) for s in range(0, self.n_slices, self.slab_size)]
+        return ranges[::-1] if self.descending else ranges
+
+    def __iter__(self) -> Iterator[Slab]:
+        if self.strategy == "whole":
+            yield from self._iter_whole()
+            return
+        source = _NativeSlices(self.scan, self.scan.layout, self.strategy, self.slab_size)
+        try:
+            for start, stop in self.slab_ranges():
+                lo, hi = max(0, start - self.context), min(self.n_slices, stop + self.context)
+                yield self._make_slab(start, stop, source.canonical(lo, hi))
+            source.finish()
+        finally:
+            source.close()
+
+    def _iter_whole(self) -> Iterator[Slab]:
+        canonical = self.scan.array
+        for start, stop in self.slab_ranges():
+            lo, hi = max(0, start - self.context), min(self.n_slices, stop + self.context)
+            yield self._make_slab(start, stop, canonical[lo:hi])
+
+    def _make_slab(self, start: int, stop: int, block: np.ndarray) -> Slab:
+        c = self.context
+        lo = max(0, start - c)
+        pad_lo = c - (start - lo)
+        n = block.shape[0]
+        out = np.empty((stop - start + 2 * c, *block.shape[1:]), dtype=block.dtype)
+        out[pad_lo : pad_lo + n] = block
+        out[:pad_lo] = block[0]
+        out[pad_lo + n :] = block[-1]
+        return Slab(start, stop, out, c)
+
+
+class _NativeSlices:
+    """Canonical slice ranges read from a NIfTI whose slice axis is the last array axis.
+
+    Keeps the last block read, so the context slices shared by neighbouring slabs are
+    not decompressed twice.
+    """
+
+    def __init__(self, scan: Scan, layout: NiftiLayout, strategy: str, slab_size: int) -> None:
+        self.scan = scan
+        self.layout = layout
+        self.strategy = strategy
+        self.n = layout.shape[2]
+        self.flipped = scan.orientation.slice_flipped
+        self.plane_bytes = layout.slice_bytes()
+        self._cache: tuple[int, int, np.ndarray] | None = None  # native n0, n1, block
+        self._fd = None
+        self._gz: GzipReader | None = None
+        self._next = 0  # native slice at the gzip reader's position
+        self._checkpoints: dict[int, object] = {}
+        try:
+            if strategy == "pread":
+                self._fd = os.open(layout.path, os.O_RDONLY)
+            else:
+                self._gz = GzipReader(layout.path)
+                self._gz.skip(layout.offset)
+                if strategy == "gzip-indexed":
+                    self._build_index(slab_size)
+        except GzipDataError as exc:
+            self.close()
+            raise KidedgeError(f"{layout.path}: truncated or corrupt gzip ({exc})") from exc
+        except OSError as exc:
+            self.close()
+            raise KidedgeError(f"{layout.path}: cannot read ({exc.strerror or exc})") from exc
+
+    def _build_index(self, every: int) -> None:
+        """Decompress once, saving the zlib state every ``every`` slices (and checking CRC)."""
+        gz = self._gz
+        for k in range(0, self.n, every):
+            self._checkpoints[k] = gz.checkpoint()
+            gz.skip(min(every, self.n - k) * self.plane_bytes)
+        gz.finish()
+        self._next = self.n
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._gz is not None:
+            self._gz.close()
+            self._gz = None
+
+    def finish(self) -> None:
+        """After the last slab: check the rest of the gzip stream (CRC, truncation)."""
+        if self.strategy == "gzip-stream":
+            try:
+                self._gz.skip((self.n - self._next) * self.plane_bytes)
+                self._gz.finish()
+            except GzipDataError as exc:
+                raise KidedgeError(f"{self.layout.path}: truncated or corrupt gzip ({exc})") from exc
+
+    def canonical(self, lo: int, hi: int) -> np.ndarray:
+        """Canonical slices lo..hi (a view into a freshly read native block)."""
+        n0, n1 = (self.n - hi, self.n - lo) if self.flipped else (lo, hi)
+        block = self._native(n0, n1)
+        return self.scan.orientation.canonical(block)
+
+    def _native(self, n0: int, n1: int) -> np.ndarray:
+        nx, ny = self.layout.shape[:2]
+        file_dtype = self.layout.file_dtype
+        block = np.empty((nx, ny, n1 - n0), dtype=file_dtype.newbyteorder("="), order="F")
+        todo = [(n0, n1)]
+        if self._cache is not None:
+            c0, c1, cached = self._cache
+            o0, o1 = max(n0, c0), min(n1, c1)
+            if o0 < o1:
+                block[:, :, o0 - n0 : o1 - n0] = cached[:, :, o0 - c0 : o1 - c0]
+                todo = [(a, b) for a, b in ((n0, o0), (o1, n1)) if a < b]
+        try:
+            for a, b in todo:
+                part = block[:, :, a - n0 : b - n0]
+                self._read(a, part.view(file_dtype))
+                if not file_dtype.isnative:
+                    part.byteswap(inplace=True)  # big-endian file: swap only what was read
+        except GzipDataError as exc:
+            raise KidedgeError(f"{self.layout.path}: truncated or corrupt gzip ({exc})") from exc
+        except OSError as exc:
+            raise KidedgeError(f"{self.layout.path}: cannot read ({exc.strerror or exc})") from exc
+        if self.scan.dtype.kind == "f" and not np.isfinite(block).all():
+            raise KidedgeError(f"{self.layout.path}: NaN or infinite voxels")
+        self._cache = (n0, n1, block)
+        return block
+
+    def _read(self, first: int, out: np.ndarray) -> None:
+        if self.strategy == "pread":
+            read_slices_into(self._fd, self.layout, first, out)
+            return
+        gz = self._gz
+        if first < self._next:
+            if not self._checkpoints:
+                raise RuntimeError("gzip stream asked to go backwards without an index")
+            point = max(k for k in self._checkpoints if k <= first)
+            gz.restore(self._checkpoints[point])
+            self._next = point
+        if first > self._next:
+            gz.skip((first - self._next) * self.plane_bytes)
+        gz.readinto(out.reshape(-1, order="A"))
+        self._next = first + out.shape[2]
