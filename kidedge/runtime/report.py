@@ -27,12 +27,12 @@ def format_summary(scan_report: dict) -> str:
         ("backend", scan_report.get("backend", "?")),
         ("wall", f"{_fmt(p.get('wall_s'), ' s', 2)}   {_fmt(p.get('slices_per_s'), ' slices/s', 1)}"),
         ("latency/slice", f"p50 {_fmt(lat.get('p50'), ' ms')}  p95 {_fmt(lat.get('p95'), ' ms')}  p99 {_fmt(lat.get('p99'), ' ms')}"),
-        ("stages", "  ".join(f"{k} {v:.2f}s" for k, v in p.get("stages_s", {}).items())),
-        ("peak RSS", f"{_fmt(p.get('peak_rss_mb'), ' MB')} (process max {_fmt(p.get('max_rss_mb'), ' MB')})"),
+        ("stages", "  ".join(f"{k} {1000 * v:.0f}ms" for k, v in p.get("stages_s", {}).items())),
+        ("peak RSS", f"{_fmt(p.get('peak_rss_mb'), ' MiB')} (process high-water mark {_fmt(p.get('max_rss_mb'), ' MiB')})"),
     ]
     gpu = p.get("gpu")
     if gpu:
-        rows.append(("peak GPU mem", f"{_fmt(gpu.get('peak_memory_mb'), ' MB')} ({gpu.get('name')})"))
+        rows.append(("peak GPU mem", f"{_fmt(gpu.get('peak_memory_mb'), ' MiB')} ({gpu.get('name')})"))
     energy = p.get("energy") or {}
     rows.append(("energy", f"{_fmt(energy.get('joules'), ' J', 2)} ({energy.get('source')})" if energy.get("joules") is not None else "n/a (no power sensor)"))
     gate = scan_report.get("gating")

@@ -54,6 +54,7 @@ class BackendChoice:
     files: dict[str, str]
     precision: str
     reason: str = ""
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         return f"{self.backend} ({self.device}, {self.precision})"
@@ -167,8 +168,10 @@ def select_backend(package, backend: str = "auto", precision: str = "auto") -> B
                 except KidedgeError as exc:
                     why = str(exc).split(": ", 1)[-1]
             if why is None:
-                reason = "auto: fastest available" + (f" (skipped {'; '.join(skipped)})" if skipped else "")
-                return BackendChoice(name, device, files, _precision_word(name, device, files, precision), reason)
+                reason = "auto: fastest available" + (
+                    f"; not available: {', '.join(s.split(':')[0] for s in skipped)}" if skipped else "")
+                return BackendChoice(name, device, files, _precision_word(name, device, files, precision),
+                                     reason, skipped)
             skipped.append(f"{name}/{device}: {why}")
         raise KidedgeError(f"no backend can run {package.source} here: {'; '.join(skipped)}")
     if backend not in BACKENDS:

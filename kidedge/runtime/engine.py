@@ -1,0 +1,134 @@
+"""One package, its backends activated once, segmenting scan after scan.
+
+:class:`Segmenter` holds the package and one activated backend per stage (engines load
+once for a whole batch of scans). :meth:`Segmenter.segment` runs the stages over one scan
+through the streaming pipeline: a single-stage package runs on every slice; a cascade runs
+its localiser on a low-resolution view of every slice and, with gating on, its segmenter
+at full resolution inside the region the localiser found (:mod:`kidedge.runtime.gating`).
+
+Memory: the only whole-scan arrays are the uint8 label volume (needed for 3D
+post-processing and writing) and whatever the scan reader holds; network inputs and logits
+exist per slab only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from kidedge.errors import KidedgeError
+from kidedge.preprocess import PreprocessSpec
+from kidedge.runtime.backends.registry import BackendChoice, create_backend
+from kidedge.runtime.gating import CascadeGate
+from kidedge.runtime.pipeline import run_stage
+from kidedge.runtime.profiling import Profiler
+
+
+def check_package_runnable(package) -> None:
+    """Refuse packages this streaming runtime cannot run, in one line."""
+    dim = package.manifest.get("dimensionality")
+    if dim != "2d":
+        raise KidedgeError(
+            f"{package.source}: a {dim} package; the streaming runtime runs 2D (slice-wise) packages only "
+            "(3D patch inference is not implemented in kidedge infer)")
+    if len(package.stages) > 2:
+        raise KidedgeError(f"{package.source}: {len(package.stages)} stages; the runtime runs one stage or a two-stage cascade")
+    if len(package.stages) == 2:
+        seg = [s for s in package.stages if s.get("roi")]
+        if len(seg) != 1:
+            raise KidedgeError(f"{package.source}: a two-stage package needs exactly one stage with an roi")
+
+
+class Segmenter:
+    """Run a package on scans.
+
+    Args:
+        package: a loaded :class:`kidedge.package.ModelPackage`.
+        choice: the backend choice (:func:`kidedge.runtime.backends.registry.select_backend`).
+        batch: micro-batch size in slices.
+        slab_size: slices read and preprocessed at a time.
+        threads: CPU threads for the engine (None: the library's default).
+    """
+
+    def __init__(self, package, choice: BackendChoice, batch: int = 4, slab_size: int = 16,
+                 threads: int | None = None) -> None:
+        check_package_runnable(package)
+        self.package = package
+        self.choice = choice
+        self.batch = int(batch)
+        self.slab_size = int(slab_size)
+        self.threads = threads
+        if len(package.stages) == 1:
+            self.localiser, self.segmenter = None, package.stages[0]
+        else:
+            self.segmenter = next(s for s in package.stages if s.get("roi"))
+            self.localiser = package.stage(self.segmenter["roi"]["source_stage"])
+        self.backends: dict = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Segmenter:
+        try:
+            for stage in ([self.localiser] if self.localiser else []) + [self.segmenter]:
+                backend = create_backend(self.choice, self.package, stage, max_batch=self.batch,
+                                         threads=self.threads)
+                self.backends[stage["name"]] = self._stack.enter_context(backend)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        self.backends.clear()
+
+    def describe(self) -> str:
+        b = next(iter(self.backends.values()), None)
+        return b.description if b is not None else self.choice.describe()
+
+    def segment(self, scan, profiler: Profiler, gate: bool = True) -> tuple[np.ndarray, dict]:
+        """Segment one scan.
+
+        Args:
+            scan: a :class:`kidedge.io.Scan`.
+            profiler: a started profiler (stage times, latencies, counters).
+            gate: run a cascade's stage 2 only inside stage 1's region (False: everywhere).
+
+        Returns:
+            ``(labels, gating)``: uint8 canonical labels (before post-processing) and the
+            gating statistics (``{"enabled": False, ...}`` without gating).
+        """
+        n, rows, cols = scan.shape
+        labels = np.zeros((n, rows, cols), np.uint8)
+        seg = self.segmenter
+        seg_backend = self.backends[seg["name"]]
+        common = dict(batch=self.batch, slab_size=self.slab_size)
+        if self.localiser is None or not gate:
+            def write_all(a: int, b: int, lab: np.ndarray) -> None:
+                labels[a:b] = lab
+
+            run_stage(scan, seg_backend, seg, write_all, profiler, name="segment", **common)
+            profiler.count("segment_slices", n)
+            reason = "single-stage package" if self.localiser is None else "gating disabled (--no-gate)"
+            return labels, {"enabled": False, "reason": reason, "slices_total": n,
+                            "skipped_slice_fraction": 0.0, "skipped_pixel_fraction": 0.0}
+
+        roi_cfg = seg["roi"]
+        seg_spec = PreprocessSpec.from_dict(seg["preprocess"])
+        inp = seg.get("input", {})
+        fixed_native = seg_spec.in_plane == "native" and inp.get("height") is not None
+        g = CascadeGate(scan.shape, scan.spacing, roi_cfg.get("labels", [1, 2, 3]),
+                        float(roi_cfg.get("margin_mm", 10.0)), crop_in_plane=not fixed_native)
+        run_stage(scan, self.backends[self.localiser["name"]], self.localiser,
+                  lambda a, b, lab: g.add(a, lab), profiler, label_grid="model", name="localise", **common)
+        profiler.count("localise_slices", n)
+        roi = g.region()
+        if roi is not None:
+            r, c = roi.as_slices()[1:]
+
+            def write_roi(a: int, b: int, lab: np.ndarray) -> None:
+                labels[a:b, r, c] = lab
+
+            run_stage(scan, seg_backend, seg, write_roi, profiler, region=roi, name="segment", **common)
+            profiler.count("segment_slices", roi.slices)
+        return labels, g.stats()
