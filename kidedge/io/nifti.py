@@ -15,13 +15,16 @@ refused.
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.imageglobals import LoggingOutputSuppressor
 
 from kidedge.errors import KidedgeError
 from kidedge.io.gzip_stream import GzipDataError, GzipReader, gzip_trailer_size
@@ -80,8 +83,11 @@ def load_nifti(path: Path) -> Scan:
     size = path.stat().st_size
     if size == 0:
         raise KidedgeError(f"{path}: empty file")
+    raw_pixdim = _raw_pixdim(path)
     try:
-        img = nib.load(str(path), mmap=False)
+        # nibabel logs (and silently "fixes") some header problems; kidedge reports its own
+        with LoggingOutputSuppressor():
+            img = nib.load(str(path), mmap=False)
     except (EOFError, zlib.error, GzipDataError) as exc:
         raise KidedgeError(f"{path}: truncated or corrupt file ({_problem(path, exc)})") from exc
     except OSError as exc:  # gzip.BadGzipFile, permissions
@@ -109,7 +115,8 @@ def load_nifti(path: Path) -> Scan:
     if file_dtype.kind not in "iuf" or file_dtype.fields is not None:
         raise KidedgeError(f"{path}: voxel type {hdr.get_data_dtype()} is not a scalar CT/label type")
 
-    pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
+    # nibabel replaces a zero pixdim by 1 on load: check what the file says
+    pixdim = raw_pixdim if raw_pixdim is not None else np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
     if np.any(~np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise KidedgeError(f"{path}: zero or negative voxel spacing in the header (pixdim {pixdim.tolist()})")
     affine = img.affine
@@ -146,6 +153,25 @@ def load_nifti(path: Path) -> Scan:
         # every voxel finds them: float files are read at load.
         check_finite(path, scan.native)
     return scan
+
+
+def _raw_pixdim(path: Path) -> np.ndarray | None:
+    """pixdim[1:4] exactly as stored (NIfTI-1 or -2, either byte order), or None."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None  # nibabel's load reports it
+    if len(head) < 348:
+        return None
+    for endian in "<>":
+        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+        if sizeof_hdr == 348:
+            return np.array(struct.unpack(endian + "8f", head[76:108])[1:4], dtype=np.float64)
+        if sizeof_hdr == 540 and len(head) >= 540:
+            return np.array(struct.unpack(endian + "8d", head[104:168])[1:4], dtype=np.float64)
+    return None
 
 
 def _check_gzip_size(layout: NiftiLayout) -> None:

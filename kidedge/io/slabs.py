@@ -72,9 +72,20 @@ class SlabReader:
         context: extra slices on each side of every slab (e.g. for 2.5D input).
         order: "ascending" (canonical slice 0 first) or "file" (the order that streams
             best: descending canonical indices when the file stores slices bottom-up).
+        start, stop: only canonical slices ``start .. stop`` (default: all); slabs start
+            at ``start``, and their context slices still come from the volume outside
+            the range where it exists.
     """
 
-    def __init__(self, scan: Scan, slab_size: int = 16, context: int = 0, order: str = "ascending") -> None:
+    def __init__(
+        self,
+        scan: Scan,
+        slab_size: int = 16,
+        context: int = 0,
+        order: str = "ascending",
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
         if slab_size < 1 or context < 0:
             raise ValueError("slab_size must be >= 1 and context >= 0")
         if order not in ("ascending", "file"):
@@ -84,6 +95,10 @@ class SlabReader:
         self.context = int(context)
         self.order = order
         self.n_slices = scan.shape[0]
+        self.start = max(0, int(start))
+        self.stop = self.n_slices if stop is None else min(int(stop), self.n_slices)
+        if self.start >= self.stop:
+            raise ValueError(f"empty slice range {start}..{stop} of {self.n_slices} slices")
         self.strategy = self._choose_strategy()
 
     def _choose_strategy(self) -> str:
@@ -103,11 +118,11 @@ class SlabReader:
         return self.order == "file" and self.scan.orientation.slice_flipped and self.strategy != "whole"
 
     def __len__(self) -> int:
-        return -(-self.n_slices // self.slab_size)
+        return len(self.slab_ranges())
 
     def slab_ranges(self) -> list[tuple[int, int]]:
         """(start, stop) of each slab, in the order they are yielded."""
-        ranges = [(s, min(s + self.slab_size, self.n_slices)) for s in range(0, self.n_slices, self.slab_size)]
+        ranges = [(s, min(s + self.slab_size, self.stop)) for s in range(self.start, self.stop, self.slab_size)]
         return ranges[::-1] if self.descending else ranges
 
     def __iter__(self) -> Iterator[Slab]:

@@ -1,0 +1,70 @@
+"""The sequential gzip reader: exact bytes, multi-member files, checkpoints, errors."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from kidedge.io.gzip_stream import GzipDataError, GzipReader, gzip_trailer_size
+
+
+@pytest.fixture
+def payload():
+    return np.random.default_rng(0).integers(0, 50, 300_000, dtype=np.uint8).tobytes()
+
+
+def _read_all(path, n, chunk=7777):
+    out = bytearray(n)
+    with GzipReader(path, input_chunk=1000) as r:
+        for i in range(0, n, chunk):
+            r.readinto(memoryview(out)[i : i + chunk])
+        r.finish()
+    return bytes(out)
+
+
+def test_reads_exact_bytes(tmp_path, payload):
+    p = tmp_path / "a.gz"
+    p.write_bytes(gzip.compress(payload))
+    assert _read_all(p, len(payload)) == payload
+    assert gzip_trailer_size(p) == len(payload)
+
+
+def test_multi_member_file(tmp_path, payload):
+    p = tmp_path / "m.gz"
+    half = len(payload) // 3
+    p.write_bytes(gzip.compress(payload[:half]) + gzip.compress(payload[half:]))
+    assert _read_all(p, len(payload)) == payload
+    assert gzip_trailer_size(p) != len(payload)  # ISIZE is only the last member's
+
+
+def test_checkpoint_restore_reads_the_same_bytes_again(tmp_path, payload):
+    p = tmp_path / "c.gz"
+    p.write_bytes(gzip.compress(payload[:100_000]) + gzip.compress(payload[100_000:]))
+    with GzipReader(p, input_chunk=4096) as r:
+        points = {}
+        for pos in range(0, len(payload), 50_000):
+            points[pos] = r.checkpoint()
+            r.skip(50_000)
+        for pos in sorted(points, reverse=True):
+            r.restore(points[pos])
+            buf = bytearray(min(50_000, len(payload) - pos))
+            r.readinto(buf)
+            assert bytes(buf) == payload[pos : pos + len(buf)]
+
+
+def test_truncated_stream_raises(tmp_path, payload):
+    p = tmp_path / "t.gz"
+    p.write_bytes(gzip.compress(payload)[:-100])
+    with pytest.raises(GzipDataError, match="truncated"):
+        _read_all(p, len(payload))
+
+
+def test_bad_crc_raises_at_finish(tmp_path, payload):
+    data = bytearray(gzip.compress(payload))
+    data[-7] ^= 1
+    p = tmp_path / "crc.gz"
+    p.write_bytes(bytes(data))
+    with pytest.raises(GzipDataError, match="corrupt"):
+        _read_all(p, len(payload))

@@ -1,0 +1,118 @@
+"""SlabReader: the same voxels as the whole canonical array, with context, every strategy."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kidedge.errors import KidedgeError
+from kidedge.io import SlabReader, load_scan
+from tests.io.conftest import kits19_affine, lps_affine, random_volume, ras_affine, write_nifti
+
+# (file name, native shape, affine, strategy expected for order="ascending")
+CASES = [
+    ("ras.nii", (9, 11, 23), ras_affine(), "pread"),
+    ("ras.nii.gz", (9, 11, 23), ras_affine(), "gzip-indexed"),
+    ("lps.nii.gz", (9, 11, 23), lps_affine(), "gzip-indexed"),
+    ("kits.nii.gz", (23, 11, 9), kits19_affine(), "whole"),
+    ("kits.nii", (23, 11, 9), kits19_affine(), "whole"),
+]
+
+
+def _inferior_first_affine():
+    # slice axis last and stored top-down (z towards I): canonical order is file order
+    a = ras_affine()
+    a[2, 2] = -a[2, 2]
+    return a
+
+
+CASES.append(("down.nii.gz", (9, 11, 23), _inferior_first_affine(), "gzip-stream"))
+
+
+def _expected_slab(canonical, start, stop, context):
+    idx = np.clip(np.arange(start - context, stop + context), 0, canonical.shape[0] - 1)
+    return canonical[idx]
+
+
+@pytest.mark.parametrize("name,shape,affine,strategy", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("context", [0, 1, 3])
+def test_slabs_equal_the_whole_array(tmp_path, name, shape, affine, strategy, context):
+    src = write_nifti(tmp_path / name, random_volume(shape, seed=3), affine)
+    whole = np.array(load_scan(src).array)
+    reader = SlabReader(load_scan(src), slab_size=5, context=context)
+    assert reader.strategy == strategy
+    seen = []
+    for slab in reader:
+        assert slab.array.flags.c_contiguous and slab.array.dtype == np.int16
+        np.testing.assert_array_equal(slab.array, _expected_slab(whole, slab.start, slab.stop, context))
+        np.testing.assert_array_equal(slab.core, whole[slab.start : slab.stop])
+        seen.append((slab.start, slab.stop))
+    assert seen == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    if strategy != "whole":
+        assert not reader.scan.is_loaded  # streamed: the whole volume was never read
+
+
+@pytest.mark.parametrize("name", ["ras.nii.gz", "ras.nii"])
+def test_file_order_streams_backwards_in_one_pass(tmp_path, name):
+    src = write_nifti(tmp_path / name, random_volume((9, 11, 23)), ras_affine())
+    whole = np.array(load_scan(src).array)
+    reader = SlabReader(load_scan(src), slab_size=4, context=2, order="file")
+    assert reader.descending
+    assert reader.strategy in ("gzip-stream", "pread")
+    starts = []
+    for slab in reader:
+        np.testing.assert_array_equal(slab.array, _expected_slab(whole, slab.start, slab.stop, 2))
+        starts.append(slab.start)
+    assert starts == sorted(starts, reverse=True) and starts[-1] == 0
+
+
+def test_slabs_do_not_share_memory(tmp_path):
+    src = write_nifti(tmp_path / "a.nii.gz", random_volume((9, 11, 23)), ras_affine())
+    slabs = list(SlabReader(load_scan(src), slab_size=4, context=1))
+    for a, b in zip(slabs, slabs[1:], strict=False):
+        assert not np.shares_memory(a.array, b.array)
+
+
+def test_start_stop_range_keeps_outside_context(tmp_path):
+    src = write_nifti(tmp_path / "a.nii.gz", random_volume((9, 11, 23)), _inferior_first_affine())
+    whole = np.array(load_scan(src).array)
+    slabs = list(SlabReader(load_scan(src), slab_size=4, context=2, start=6, stop=15))
+    assert [(s.start, s.stop) for s in slabs] == [(6, 10), (10, 14), (14, 15)]
+    for s in slabs:
+        np.testing.assert_array_equal(s.array, _expected_slab(whole, s.start, s.stop, 2))
+
+
+def test_big_endian_streaming(tmp_path):
+    vol = random_volume((9, 11, 23))
+    img = nib.Nifti1Image(vol.astype(">i2"), ras_affine())
+    img.set_data_dtype(np.dtype(">i2"))
+    nib.save(img, str(tmp_path / "be.nii.gz"))
+    whole = np.array(load_scan(tmp_path / "be.nii.gz").array)
+    for order in ("ascending", "file"):
+        for slab in SlabReader(load_scan(tmp_path / "be.nii.gz"), slab_size=5, context=2, order=order):
+            assert slab.array.dtype.isnative
+            np.testing.assert_array_equal(slab.array, _expected_slab(whole, slab.start, slab.stop, 2))
+
+
+def test_corrupt_gzip_data_is_reported_while_streaming(tmp_path):
+    src = write_nifti(tmp_path / "a.nii.gz", random_volume((32, 32, 40), seed=5), _inferior_first_affine())
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(64)  # damage the middle; the trailer still matches
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(bytes(data))
+    scan = load_scan(bad)  # cheap checks pass
+    with pytest.raises(KidedgeError, match="corrupt|truncated") as info:
+        for _ in SlabReader(scan, slab_size=4):
+            pass
+    assert str(bad) in str(info.value)
+
+
+def test_float_streaming_keeps_dtype(tmp_path):
+    vol = random_volume((9, 11, 23)).astype(np.float32)
+    src = write_nifti(tmp_path / "f.nii", vol, ras_affine())
+    scan = load_scan(src)
+    slabs = list(SlabReader(scan, slab_size=8))
+    assert all(s.array.dtype == np.float32 for s in slabs)
+    np.testing.assert_array_equal(np.concatenate([s.core for s in slabs]), scan.array)
