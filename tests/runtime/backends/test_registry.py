@@ -1,0 +1,72 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from kidedge.errors import KidedgeError
+from kidedge.package import ModelPackage, tensorrt_key, write_manifest
+from kidedge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from kidedge.runtime.backends.registry import create_backend, select_backend
+from kidedge.runtime.backends.tensorrt_backend import match_plan
+
+from ..synthetic import SEG_BIAS, SEG_WEIGHTS, make_single_package
+
+
+def test_auto_on_this_machine_is_onnxruntime_cpu_fp32(tmp_path):
+    pkg = ModelPackage.load(make_single_package(tmp_path / "p"))
+    choice = select_backend(pkg)
+    assert (choice.backend, choice.device, choice.precision) == ("onnxruntime", "cpu", "fp32")
+    assert choice.files == {"segment": "fp32"}
+    assert choice.reason.startswith("auto")
+
+
+def test_auto_prefers_int8_on_cpu_when_packaged(tmp_path):
+    d = make_single_package(tmp_path / "p")
+    shutil.copy(d / "segment.fp32.onnx", d / "segment.int8-cpu.onnx")
+    import json
+
+    m = json.loads((d / "manifest.json").read_text())
+    m["stages"][0]["files"]["int8-cpu"] = {"path": "segment.int8-cpu.onnx"}
+    write_manifest(d, m)
+    pkg = ModelPackage.load(d)
+    assert select_backend(pkg).files == {"segment": "int8-cpu"}
+    assert select_backend(pkg, precision="fp32").files == {"segment": "fp32"}
+    assert select_backend(pkg, precision="int8").precision == "int8"
+
+
+def test_missing_precision_and_unavailable_backend_are_one_line_errors(tmp_path):
+    pkg = ModelPackage.load(make_single_package(tmp_path / "p"))
+    with pytest.raises(KidedgeError, match="no fp16 ONNX model"):
+        select_backend(pkg, "onnxruntime", "fp16")
+    with pytest.raises(KidedgeError, match="--backend tensorrt"):
+        select_backend(pkg, "tensorrt")
+    with pytest.raises(KidedgeError, match="precision"):
+        select_backend(pkg, precision="int4")
+
+
+def test_backend_lifecycle_and_inference(tmp_path):
+    pkg = ModelPackage.load(make_single_package(tmp_path / "p"))
+    backend = create_backend(select_backend(pkg), pkg, pkg.stages[0])
+    assert isinstance(backend, OnnxRuntimeBackend) and not backend.is_active
+    x = np.linspace(0, 1, 2 * 5 * 7, dtype=np.float32).reshape(2, 1, 5, 7)
+    with pytest.raises(RuntimeError, match="activated"):
+        backend.infer(x)
+    with backend as b:
+        assert b.is_active and "CPU" in b.description
+        y = b.infer(x)
+    assert not backend.is_active
+    expect = SEG_WEIGHTS[:, 0][None, :, None, None] * x + SEG_BIAS[None, :, None, None]
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_match_plan_needs_same_tensorrt_version_and_gpu():
+    sha = "ab" * 32
+    plans = {tensorrt_key("10.3.0", "NVIDIA Orin", (8, 7), p, sha): {} for p in ("fp32", "fp16", "int8")}
+    plans[tensorrt_key("10.7.0", "NVIDIA H100 80GB HBM3", (9, 0), "fp16", sha)] = {}
+    assert match_plan(plans, "10.3.0", "NVIDIA Orin").startswith("trt10.3.0-nvidia_orin-sm87-fp16")
+    assert "-int8-" in match_plan(plans, "10.3.0.26", "NVIDIA Orin", ("int8",))
+    assert match_plan(plans, "10.7.0", "NVIDIA H100 80GB HBM3", ("fp32",)) is None
+    assert match_plan(plans, "10.4.0", "NVIDIA Orin") is None
+    assert match_plan(plans, "10.3.0", "NVIDIA A100") is None
+    assert match_plan({}, "10.3.0", "NVIDIA Orin") is None
+    assert match_plan(plans, None, None) is None

@@ -1,0 +1,44 @@
+import numpy as np
+
+from kidedge.runtime.gating import CascadeGate
+
+
+def test_region_maps_lowres_hits_to_scan_pixels_with_margin():
+    gate = CascadeGate((20, 128, 128), (2.5, 0.8, 0.8), [1, 2, 3], margin_mm=5.0)
+    low = np.zeros((20, 32, 32), np.uint8)
+    low[8:12, 10:12, 4:6] = 1       # low-res pixel = 4x4 scan pixels
+    low[10, 20, 25] = 2
+    gate.add(0, low[:10])
+    gate.add(10, low[10:])
+    roi = gate.region()
+    # slices 8..11 hit, margin 5 mm / 2.5 mm = 2 slices
+    assert (roi.slice_start, roi.slice_stop) == (6, 14)
+    # rows 10..20 (low) -> 40..84 (scan), margin ceil(5 / 0.8) = 7 pixels
+    assert (roi.row_start, roi.row_stop) == (33, 91)
+    assert (roi.col_start, roi.col_stop) == (16 - 7, 104 + 7)
+    s = gate.stats()
+    assert s["slices_run_stage2"] == 8 and s["skipped_slice_fraction"] == 0.6
+    assert s["pixels_run_stage2"] == 8 * (91 - 33) * (111 - 9)
+    assert s["slices_with_kidney_stage1"] == 4  # slices 8, 9, 10, 11
+
+
+def test_labels_outside_roi_labels_are_ignored_and_box_is_clipped():
+    gate = CascadeGate((6, 16, 16), (1.0, 1.0, 1.0), [1], margin_mm=100.0)
+    low = np.zeros((6, 16, 16), np.uint8)
+    low[0, 0, 0] = 2  # not an ROI label
+    gate.add(0, low)
+    assert gate.region() is None
+    assert gate.stats()["skipped_pixel_fraction"] == 1.0
+    low[5, 15, 15] = 1
+    gate.add(0, low)
+    roi = gate.region()
+    assert (roi.slice_start, roi.slice_stop, roi.row_start, roi.row_stop, roi.col_start, roi.col_stop) == (0, 6, 0, 16, 0, 16)
+
+
+def test_slice_only_gating_keeps_whole_slices():
+    gate = CascadeGate((10, 16, 16), (1.0, 1.0, 1.0), [1], margin_mm=0.0, crop_in_plane=False)
+    low = np.zeros((10, 8, 8), np.uint8)
+    low[4, 3, 3] = 1
+    gate.add(0, low)
+    roi = gate.region()
+    assert (roi.slice_start, roi.slice_stop, roi.row_start, roi.row_stop) == (4, 5, 0, 16)

@@ -1,0 +1,71 @@
+import time
+
+import numpy as np
+import pytest
+
+from kidedge.runtime.profiling import (
+    Profiler,
+    integrate_energy_j,
+    parse_tegrastats_line,
+    tegrastats_total_mw,
+)
+from kidedge.runtime.report import format_summary
+
+ORIN_NANO = ("11-23-2026 10:01:02 RAM 2448/7620MB (lfb 6x4MB) SWAP 0/3810MB (cached 0MB) "
+             "CPU [2%@729,1%@729,off,off,0%@729,0%@729] EMC_FREQ 0%@2133 GR3D_FREQ 0%@[305] "
+             "cpu@46.437C soc2@45.156C VDD_IN 5000mW/4950mW VDD_CPU_GPU_CV 600mW/580mW VDD_SOC 1200mW/1190mW")
+NANO_JP4 = ("RAM 1400/3964MB (lfb 241x4MB) SWAP 0/1982MB (cached 0MB) IRAM 0/252kB(lfb 252kB) "
+            "CPU [3%@102,2%@102,1%@102,2%@102] EMC_FREQ 0%@1600 GR3D_FREQ 0%@76 APE 25 PLL@29C "
+            "CPU@31.5C PMIC@100C GPU@31C AO@37.5C thermal@31.25C POM_5V_IN 3000/3000 POM_5V_GPU 0/0 POM_5V_CPU 123/123")
+XAVIER = ("RAM 3030/31927MB (lfb 6893x4MB) CPU [1%@1190,0%@1190] EMC_FREQ 0% GR3D_FREQ 0% "
+          "AUX@31C CPU@33C GPU 155/155 CPU 311/311 SOC 933/933 CV 0/0 VDDRQ 155/155 SYS5V 1606/1606")
+
+
+def test_tegrastats_orin_milliwatt_format():
+    rails = parse_tegrastats_line(ORIN_NANO)
+    assert rails == {"VDD_IN": 5000.0, "VDD_CPU_GPU_CV": 600.0, "VDD_SOC": 1200.0}
+    assert tegrastats_total_mw(rails) == 5000.0
+
+
+def test_tegrastats_jetpack4_format_ignores_memory_fields():
+    rails = parse_tegrastats_line(NANO_JP4)
+    assert rails == {"POM_5V_IN": 3000.0, "POM_5V_GPU": 0.0, "POM_5V_CPU": 123.0}
+    assert tegrastats_total_mw(rails) == 3000.0
+
+
+def test_tegrastats_without_input_rail_sums_rails():
+    rails = parse_tegrastats_line(XAVIER)
+    assert rails["GPU"] == 155.0 and rails["SYS5V"] == 1606.0 and "RAM" not in rails
+    assert tegrastats_total_mw(rails) == 155 + 311 + 933 + 0 + 155 + 1606
+
+
+def test_tegrastats_line_without_power():
+    assert parse_tegrastats_line("RAM 1400/3964MB SWAP 0/1982MB CPU [3%@102]") == {}
+    assert tegrastats_total_mw({}) is None
+
+
+def test_energy_integration():
+    assert integrate_energy_j([(0.0, 5.0), (1.0, 5.0), (3.0, 7.0)]) == pytest.approx(5 + 12)
+    assert integrate_energy_j([(0.0, 5.0)]) is None
+
+
+def test_profiler_records_stages_latency_and_memory():
+    with Profiler(interval_s=0.005, gpu=False, power=False) as prof:
+        with prof.stage("work"):
+            block = np.ones((64, 1024, 1024), np.uint8)  # 64 MiB, touched
+            block[::4096] = 2
+            time.sleep(0.05)
+        prof.add_batch(4, 0.04)
+        prof.add_batch(2, 0.1)
+        prof.count("slices", 6)
+        del block
+    r = prof.result(6)
+    assert r["stages_s"]["work"] >= 0.05
+    assert r["latency_ms"]["n"] == 6
+    assert r["latency_ms"]["p50"] == pytest.approx(10.0)
+    assert r["latency_ms"]["p99"] == pytest.approx(50.0, rel=0.05)
+    assert r["peak_rss_mb"] >= 64 and r["max_rss_mb"] >= 64
+    assert r["counters"] == {"slices": 6}
+    assert r["gpu"] is None and r["energy"]["joules"] is None
+    text = format_summary({"scan": "x", "shape": [6, 8, 8], "backend": "b", "profile": r})
+    assert "p50 10.0 ms" in text and "peak RSS" in text
