@@ -15,7 +15,6 @@ the slabs in flight; the labeller turns logits into uint8 labels slab by slab
 
 from __future__ import annotations
 
-import inspect
 import queue
 import threading
 import time
@@ -39,19 +38,15 @@ def iter_slabs(scan, slab_size: int, context: int, start: int = 0, stop: int | N
     ``context`` neighbour slices on each side (edge-replicated at the volume's ends).
 
     Uses :class:`kidedge.io.SlabReader`, which streams the file and never holds the
-    whole volume. Slabs outside ``[start, stop)`` are skipped (or trimmed) here.
+    whole volume (for slice-slowest layouts). Slabs are trimmed to ``[start, stop)``.
     """
     from kidedge.io import SlabReader
 
     n = scan.shape[0]
     stop = n if stop is None else min(stop, n)
-    kwargs = {}
-    params = inspect.signature(SlabReader).parameters
-    if start > 0 and "start" in params:
-        kwargs["start"] = start
-    if stop < n and "stop" in params:
-        kwargs["stop"] = stop
-    for slab in SlabReader(scan, slab_size=slab_size, context=context, **kwargs):
+    if start >= stop:
+        return
+    for slab in SlabReader(scan, slab_size=slab_size, context=context, start=start, stop=stop):
         a, b = slab.start, slab.stop
         if b <= start:
             continue

@@ -1,5 +1,7 @@
 """The exported ONNX model on onnxruntime agrees with the torch reference backend."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,6 @@ KWARGS = {"in_channels": 1, "classes": 4, "decoder_channels": [16, 16, 8, 8]}
 
 
 @pytest.fixture(scope="module")
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def real_package(tmp_path_factory):
     from kidedge.train.models import build_model
 
@@ -27,9 +28,11 @@ def real_package(tmp_path_factory):
     d = tmp_path_factory.mktemp("pkg_torch")
     model = build_model("squeezenet_unet", **KWARGS).eval()
     torch.save(model.state_dict(), d / "segment.pt")
-    torch.onnx.export(model, (torch.zeros(1, 1, 64, 64),), str(d / "segment.fp32.onnx"),
-                      input_names=["image"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, and fast
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(1, 1, 64, 64),), str(d / "segment.fp32.onnx"),
+                          input_names=["image"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
     spec = PreprocessSpec(hu_window=(-100.0, 400.0), normalisation="zscore", mean=50.0, std=120.0, pad_multiple=16)
     write_manifest(d, {
         "name": "squeezenet-random", "architecture": "squeezenet_unet", "dimensionality": "2d",
@@ -52,7 +55,6 @@ def _segment(pkg, backend, scan):
     return labels
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnxruntime_labels_equal_torch_reference_up_to_ties(tmp_path, real_package):
     d, model, spec = real_package
     hu, _ = make_ct(shape=(12, 64, 64), kidney_slices=(3, 9), seed=1)
