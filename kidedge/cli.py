@@ -79,7 +79,9 @@ def main() -> None:
 def phantom(out_dir, cases, from_labels, seed, montage):
     """Write synthetic abdominal CT phantoms in the KiTS layout."""
     fn = _library_call("kidedge.phantom", "write_phantom_dataset", "issue 3")
-    return fn(out_dir, cases=cases, from_labels=from_labels, seed=seed, montage=montage)
+    written = fn(out_dir, cases=cases, from_labels=from_labels, seed=seed, montage=montage)
+    click.echo(f"wrote {len(written)} phantom case(s) to {out_dir}")
+    return 0
 
 
 @main.command()

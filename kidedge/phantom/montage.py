@@ -1,0 +1,75 @@
+"""The montage PNG of a phantom set: axial slices through the kidneys, labels outlined.
+
+It exists so a person can judge the phantoms' realism by eye: one row per case (up to
+``MAX_CASES``), the slice with the most kidney and the slice with the most tumour, in a
+soft-tissue window, kidney outlined green, tumour red, cyst cyan.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+MAX_CASES = 12
+WINDOW = (-160.0, 240.0)
+_COLOURS = {1: "lime", 2: "red", 3: "cyan"}
+
+
+def pick_slices(phantom) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(slice index, HU slice, label slice) for the most-kidney and most-tumour slices."""
+    lab = phantom.labels
+    kidney_area = (lab > 0).sum(axis=(1, 2))
+    tumour_area = (lab == 2).sum(axis=(1, 2))
+    picks = [int(kidney_area.argmax()) if kidney_area.any() else lab.shape[0] // 2]
+    if tumour_area.any():
+        k = int(tumour_area.argmax())
+        if k != picks[0]:
+            picks.append(k)
+    if len(picks) == 1:
+        picks.append(min(lab.shape[0] - 1, picks[0] + max(1, lab.shape[0] // 8)))
+    return [(k, phantom.hu[k].copy(), lab[k].copy()) for k in picks]
+
+
+def write_montage(shown, path) -> Path:
+    """Write the montage atomically.
+
+    Args:
+        shown: list of (case name, source case id or None, contrast phase, pick_slices()).
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = shown[:MAX_CASES]
+    ncols = max(len(s[3]) for s in shown)
+    fig, axes = plt.subplots(len(shown), ncols, figsize=(3.2 * ncols, 3.3 * len(shown)),
+                             squeeze=False)
+    for row, (name, source, phase, slices) in enumerate(shown):
+        for col in range(ncols):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(slices):
+                continue
+            k, hu, lab = slices[col]
+            ax.imshow(hu, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], interpolation="nearest")
+            for value, colour in _COLOURS.items():
+                mask = lab == value
+                if mask.any():
+                    ax.contour(mask.astype(np.uint8), levels=[0.5], colors=colour, linewidths=0.6)
+            title = f"{name} k={k} {phase}"
+            if source:
+                title += f"\nlabels: {source}"
+            ax.set_title(title, fontsize=7)
+    fig.suptitle("kidedge phantoms (window -160..240 HU; kidney green, tumour red, cyst cyan)",
+                 fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
