@@ -129,7 +129,7 @@ class SlabReader:
         if self.strategy == "whole":
             yield from self._iter_whole()
             return
-        source = _NativeSlices(self.scan, self.scan.layout, self.strategy, self.slab_size)
+        source = _NativeSlices(self.scan, self.scan.layout, self.strategy, self.slab_size, self.context)
         try:
             for start, stop in self.slab_ranges():
                 lo, hi = max(0, start - self.context), min(self.n_slices, stop + self.context)
@@ -150,7 +150,7 @@ class SlabReader:
         pad_lo = c - (start - lo)
         n = block.shape[0]
         out = np.empty((stop - start + 2 * c, *block.shape[1:]), dtype=block.dtype)
-        out[pad_lo : pad_lo + n] = block
+        _copy_slices(out[pad_lo : pad_lo + n], block)
         out[:pad_lo] = block[0]
         out[pad_lo + n :] = block[-1]
         return Slab(start, stop, out, c)
@@ -159,18 +159,20 @@ class SlabReader:
 class _NativeSlices:
     """Canonical slice ranges read from a NIfTI whose slice axis is the last array axis.
 
-    Keeps the last block read, so the context slices shared by neighbouring slabs are
-    not decompressed twice.
+    Keeps copies of the ``2 * context`` planes at each end of the last block read: the
+    context slices that neighbouring slabs share are not decompressed twice, and no
+    whole block is held after its slab is made.
     """
 
-    def __init__(self, scan: Scan, layout: NiftiLayout, strategy: str, slab_size: int) -> None:
+    def __init__(self, scan: Scan, layout: NiftiLayout, strategy: str, slab_size: int, context: int) -> None:
         self.scan = scan
         self.layout = layout
         self.strategy = strategy
         self.n = layout.shape[2]
         self.flipped = scan.orientation.slice_flipped
         self.plane_bytes = layout.slice_bytes()
-        self._cache: tuple[int, int, np.ndarray] | None = None  # native n0, n1, block
+        self._keep = 2 * context
+        self._cache: list[tuple[int, int, np.ndarray]] = []  # (native n0, n1, planes)
         self._fd = None
         self._gz: GzipReader | None = None
         self._next = 0  # native slice at the gzip reader's position
@@ -226,13 +228,13 @@ class _NativeSlices:
         nx, ny = self.layout.shape[:2]
         file_dtype = self.layout.file_dtype
         block = np.empty((nx, ny, n1 - n0), dtype=file_dtype.newbyteorder("="), order="F")
-        todo = [(n0, n1)]
-        if self._cache is not None:
-            c0, c1, cached = self._cache
+        have = np.zeros(n1 - n0, dtype=bool)
+        for c0, c1, cached in self._cache:
             o0, o1 = max(n0, c0), min(n1, c1)
             if o0 < o1:
                 block[:, :, o0 - n0 : o1 - n0] = cached[:, :, o0 - c0 : o1 - c0]
-                todo = [(a, b) for a, b in ((n0, o0), (o1, n1)) if a < b]
+                have[o0 - n0 : o1 - n0] = True
+        todo = _runs(~have, n0)
         try:
             for a, b in todo:
                 part = block[:, :, a - n0 : b - n0]
@@ -245,7 +247,11 @@ class _NativeSlices:
             raise KidedgeError(f"{self.layout.path}: cannot read ({exc.strerror or exc})") from exc
         if self.scan.dtype.kind == "f" and not np.isfinite(block).all():
             raise KidedgeError(f"{self.layout.path}: NaN or infinite voxels")
-        self._cache = (n0, n1, block)
+        keep = min(self._keep, n1 - n0)
+        self._cache = [] if keep == 0 else [
+            (n0, n0 + keep, block[:, :, :keep].copy(order="F")),
+            (n1 - keep, n1, block[:, :, n1 - n0 - keep :].copy(order="F")),
+        ]
         return block
 
     def _read(self, first: int, out: np.ndarray) -> None:
@@ -263,3 +269,23 @@ class _NativeSlices:
             gz.skip((first - self._next) * self.plane_bytes)
         gz.readinto(out.reshape(-1, order="A"))
         self._next = first + out.shape[2]
+
+
+def _runs(mask: np.ndarray, offset: int) -> list[tuple[int, int]]:
+    """(start, stop) + offset of each run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [(offset + int(a), offset + int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _copy_slices(dst: np.ndarray, src: np.ndarray, columns: int = 32) -> None:
+    """``dst[...] = src`` for a C-ordered ``dst``, fast when ``src``'s slice axis varies fastest.
+
+    KiTS19's files store the slice axis fastest, so a canonical slab is a 3D transpose of
+    memory; numpy's plain assignment walks it with the destination's huge stride and is
+    about 4x slower than copying a few columns at a time (measured on 16 x 512 x 512).
+    """
+    if abs(src.strides[0]) > min(abs(src.strides[1]), abs(src.strides[2])):
+        dst[...] = src
+        return
+    for j in range(0, src.shape[2], columns):
+        dst[:, :, j : j + columns] = src[:, :, j : j + columns]
