@@ -1,0 +1,242 @@
+"""Benchmark report: ``bench.json``, ``bench.md`` and two PNG plots in one results folder.
+
+The input is the result set :func:`kidedge.runtime.bench.run_bench` assembles (see
+:func:`write_report` for its shape). Everything in the report is read from that set: the
+writer computes no numbers of its own beyond formatting, so the JSON and the Markdown
+always agree. Files are written to temporary names and renamed, so an interrupted run
+never leaves a half-written report over a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+#: Plot colours by variant kind, so baselines and kidedge read apart at a glance.
+KIND_COLOURS = {"floor": "#999999", "baseline": "#d62728", "kidedge": "#1f77b4"}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def _dice_cell(d: dict | None, key: str) -> str:
+    if not d or d.get(key) is None:
+        return "-"
+    return f"{d[key]:.3f}"
+
+
+def _machine_lines(machine: dict) -> list[str]:
+    cpu = machine.get("cpu", {})
+    gpus = machine.get("gpus") or []
+    lines = [
+        f"- CPU: {cpu.get('model', '?')} ({cpu.get('architecture', '?')}), "
+        f"{cpu.get('usable_cores', '?')} usable of {cpu.get('logical_cores', '?')} logical cores; "
+        f"instruction sets: {' '.join(cpu.get('instruction_sets', [])) or 'none of interest'}",
+        "- GPU: " + (", ".join(f"{g['name']} ({g.get('memory_mib', '?')} MiB)" for g in gpus) if gpus else "none"),
+    ]
+    libs = machine.get("libraries") or {}
+    if libs:
+        lines.append("- libraries: " + ", ".join(f"{k} {v or 'missing'}" for k, v in libs.items()))
+    ort = (machine.get("backends") or {}).get("onnxruntime") or {}
+    if ort:
+        lines.append(f"- onnxruntime {ort.get('version')} providers: {', '.join(ort.get('providers', []))}")
+    if machine.get("python"):
+        lines.append(f"- python {machine['python']} on {machine.get('platform', '?')}")
+    return lines
+
+
+def markdown_report(results: dict) -> str:
+    """The human summary of a result set, as Markdown."""
+    variants = {v["name"]: v for v in results["variants"]}
+    lines = [f"# kidedge latency benchmark{' (quick)' if results.get('quick') else ''}", ""]
+    lines.append(f"Machine `{results['machine_label']}`, run {results.get('created', '?')}.")
+    lines.append("")
+    lines += _machine_lines(results.get("machine", {}))
+    model = results.get("model", {})
+    lines += ["", f"Model package: `{model.get('name', '?')}` ({model.get('source', '?')}); stages: "
+              + ", ".join(f"{s['name']} ({s.get('role', '?')}, {s.get('arch', '?')}, "
+                          f"{s.get('input', '?')})" for s in model.get("stages", [])), ""]
+    if results.get("method"):
+        lines += ["## Method", ""] + [f"- {m}" for m in results["method"]] + [""]
+
+    lines += ["## Scans", "", "| scan | slices | shape | spacing (mm) | label geometry from | file (MB) |",
+              "| --- | ---: | --- | --- | --- | ---: |"]
+    for s in results["scans"]:
+        lines.append(f"| {s['name']} | {s['slices']} | {'x'.join(str(v) for v in s['shape'])} | "
+                     f"{', '.join(f'{v:.2f}' for v in s['spacing_mm'])} | {s.get('source', '-')} | "
+                     f"{_fmt(s.get('file_mb'), 1)} |")
+    lines.append("")
+
+    targets = results.get("targets") or []
+    if targets:
+        lines += ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+        for t in targets:
+            met = {True: "yes", False: "**no**", None: "n/a"}[t.get("met")]
+            lines.append(f"| {t['name']} | {t['measured']} | {met} |")
+        lines.append("")
+
+    lines += ["## Results per scan", "",
+              "Seconds are end to end per scan in a fresh process (read, preprocess, infer, "
+              "post-process, write; model loading reported apart as setup), median of the repeats; "
+              "CPU s is the process's CPU time over the same span (all threads; less sensitive than wall "
+              "time to other load on a shared machine). "
+              "Speed-ups are baseline seconds / variant seconds; x floor is variant seconds / the "
+              "time to merely read and decompress the scan. Dice is the KiTS hierarchical "
+              "kidney (1+2+3) and masses (2+3) Dice against the fp32 reference (the papers' way) "
+              "and against the phantom's truth.", ""]
+    by_scan: dict[str, list[dict]] = {}
+    for row in results["summary"]:
+        by_scan.setdefault(row["scan"], []).append(row)
+    for scan in results["scans"]:
+        rows = by_scan.get(scan["name"], [])
+        lines += [f"### {scan['name']} ({scan['slices']} slices)", "",
+                  "| variant | s/scan | CPU s | slices/s | setup s | x vs papers | x vs MONAI | x floor | peak RSS MB | "
+                  "kidney vs ref | masses vs ref | kidney vs truth | masses vs truth | runs |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            if r.get("error"):
+                lines.append(f"| {variants[r['variant']]['label']} | failed: {r['error']} |" + " |" * 12)
+                continue
+            lines.append(
+                f"| {variants[r['variant']]['label']} | {_fmt(r['seconds'])} | {_fmt(r.get('cpu_s'), 1)} | {_fmt(r.get('slices_per_s'), 1)} | "
+                f"{_fmt(r.get('setup_s'))} | {_fmt(r.get('speedup_vs_papers'), 1, 'x')} | "
+                f"{_fmt(r.get('speedup_vs_monai'), 1, 'x')} | {_fmt(r.get('ratio_to_floor'), 1, 'x')} | "
+                f"{_fmt(r.get('peak_rss_mb'), 0)} | {_dice_cell(r.get('dice_vs_reference'), 'kidney')} | "
+                f"{_dice_cell(r.get('dice_vs_reference'), 'masses')} | {_dice_cell(r.get('dice_vs_truth'), 'kidney')} | "
+                f"{_dice_cell(r.get('dice_vs_truth'), 'masses')} | {r.get('repeats', 1)} |")
+        lines.append("")
+        staged = [r for r in rows if r.get("stages")]
+        if staged:
+            lines += ["Per-stage wall time (s, median run):", ""]
+            for r in staged:
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items() if isinstance(v, (int, float)))
+                extra = ""
+                if r.get("gate_fraction") is not None:
+                    extra = f"; stage 2 ran on {100 * r['gate_fraction']:.0f}% of slices"
+                lines.append(f"- {variants[r['variant']]['label']}: {parts}{extra}")
+            lines.append("")
+
+    plots = results.get("plots") or {}
+    if plots:
+        lines += ["## Plots", ""]
+        for title, name in plots.items():
+            lines += [f"![{title}]({name})", ""]
+    if results.get("not_measured"):
+        lines += ["## Not measured here", ""] + [f"- {n}" for n in results["not_measured"]] + [""]
+    if results.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def plot_latency(results: dict, path: Path) -> None:
+    """Horizontal bars: seconds per scan for every variant, one panel per scan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = {v["name"]: v for v in results["variants"]}
+    scans = results["scans"]
+    fig, axes = plt.subplots(1, len(scans), figsize=(5.5 * len(scans), 0.45 * len(variants) + 1.6),
+                             squeeze=False)
+    for ax, scan in zip(axes[0], scans, strict=True):
+        rows = [r for r in results["summary"] if r["scan"] == scan["name"] and r.get("seconds") is not None]
+        labels = [variants[r["variant"]]["label"] for r in rows]
+        secs = [r["seconds"] for r in rows]
+        colours = [KIND_COLOURS.get(variants[r["variant"]]["kind"], "#2ca02c") for r in rows]
+        ax.barh(range(len(rows)), secs, color=colours)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per scan (log)")
+        ax.set_title(f"{scan['name']}: {scan['slices']} slices", fontsize=10)
+        for i, s in enumerate(secs):
+            ax.text(s, i, f" {s:.2f}", va="center", fontsize=7)
+    fig.suptitle(f"End-to-end latency by backend and precision ({results['machine_label']})", fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_memory(results: dict, path: Path) -> None:
+    """Peak RSS against scan length, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slices = {s["name"]: s["slices"] for s in results["scans"]}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in results["variants"]:
+        pts = sorted((slices[r["scan"]], r["peak_rss_mb"]) for r in results["summary"]
+                     if r["variant"] == v["name"] and r.get("peak_rss_mb") is not None)
+        if not pts:
+            continue
+        style = "--" if v["kind"] == "baseline" else (":" if v["kind"] == "floor" else "-")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=v["label"])
+    ax.set_xlabel("slices in scan")
+    ax.set_ylabel("peak RSS (MB)")
+    ax.set_title(f"Peak memory against scan length ({results['machine_label']})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``bench.json``, ``bench.md``, ``latency.png`` and ``memory.png`` into ``out_dir``.
+
+    Args:
+        results: the result set: ``machine_label``, ``machine`` (kidedge.environment.describe()),
+            ``scans`` (name, slices, shape, spacing_mm, ...), ``variants`` (name, label, kind in
+            floor|baseline|kidedge, ...), ``summary`` (one row per scan x variant: seconds,
+            slices_per_s, peak_rss_mb, stages, dice_vs_reference, dice_vs_truth, speed-ups),
+            and optionally ``runs``, ``targets``, ``method``, ``not_measured``, ``notes``.
+        out_dir: the results folder (created).
+
+    Returns:
+        The paths written, by kind ("json", "md", "latency", "memory").
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = dict(results)
+    results["plots"] = {"Latency by backend and precision": "latency.png",
+                        "Peak RSS against scan length": "memory.png"}
+    paths = {"json": out / "bench.json", "md": out / "bench.md",
+             "latency": out / "latency.png", "memory": out / "memory.png"}
+    plot_latency(results, paths["latency"])
+    plot_memory(results, paths["memory"])
+    _atomic_write(paths["json"], (json.dumps(results, indent=1, sort_keys=False, default=str) + "\n").encode())
+    _atomic_write(paths["md"], markdown_report(results).encode())
+    return paths
