@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _INPUT_CHUNK = 256 * 1024
+_OUTPUT_CHUNK = 1024 * 1024
 
 
 class GzipDataError(Exception):
@@ -110,7 +111,8 @@ class GzipReader:
                     self._d = zlib.decompressobj(_GZIP_WBITS)
                 if not self._in and not self._refill():
                     raise GzipDataError(f"truncated after {self.position + filled} decompressed bytes")
-                out = self._d.decompress(self._in, want - filled)
+                # capped: 256 KiB of a mostly-air CT can inflate to tens of MiB at once
+                out = self._d.decompress(self._in, min(want - filled, _OUTPUT_CHUNK))
                 if self._d.eof:
                     # unused_data is the start of the next member (or trailing bytes)
                     self._in = self._d.unused_data
@@ -125,7 +127,7 @@ class GzipReader:
             self.position += filled
         return filled
 
-    def skip(self, n_bytes: int, scratch_bytes: int = 4 * 1024 * 1024) -> None:
+    def skip(self, n_bytes: int, scratch_bytes: int = _OUTPUT_CHUNK) -> None:
         """Decompress and discard ``n_bytes``."""
         scratch = bytearray(min(max(n_bytes, 1), scratch_bytes))
         while n_bytes > 0:
@@ -139,7 +141,7 @@ class GzipReader:
         Raises GzipDataError when the stream is truncated or corrupt; trailing data
         after the volume (allowed in NIfTI) is decompressed and discarded.
         """
-        scratch = bytearray(1024 * 1024)
+        scratch = bytearray(_OUTPUT_CHUNK)
         try:
             while True:
                 if self._d.eof:
