@@ -83,9 +83,13 @@ def segment_job(job: ScanJob, segmenter: Segmenter, gate: bool = True,
         raise KidedgeError(f"{overlay}: the overlay path is the input scan; choose another name")
     profiler = Profiler()
     with profiler:
-        labels, gating = segmenter.segment(scan, profiler, gate=gate)
+        labels, gating, box = segmenter.segment(scan, profiler, gate=gate)
         with profiler.stage("postprocess"):
-            labels = postprocess_labels(labels, scan.spacing)
+            # Everything outside the labels' bounding box is background, so post-processing
+            # the box in place gives the same result without whole-volume copies.
+            fg = box.slices()
+            if fg is not None:
+                labels[fg] = postprocess_labels(labels[fg], scan.spacing)
             volumes = class_volumes_ml(labels, scan.spacing, affine=scan.canonical_affine)
         with profiler.stage("write"):
             job.output.parent.mkdir(parents=True, exist_ok=True)

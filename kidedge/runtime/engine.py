@@ -40,6 +40,34 @@ def check_package_runnable(package) -> None:
             raise KidedgeError(f"{package.source}: a two-stage package needs exactly one stage with an roi")
 
 
+class ForegroundBox:
+    """Bounding box of the non-zero labels, grown slab by slab as labels are written, so
+    post-processing can work on the kidney region without a pass over the whole volume."""
+
+    def __init__(self) -> None:
+        self.lo = None
+        self.hi = None
+
+    def update(self, start: int, labels: np.ndarray, row0: int = 0, col0: int = 0) -> None:
+        """Add the non-zero voxels of ``labels`` (slices from ``start``, rows/cols offset)."""
+        fg = labels != 0
+        s = np.flatnonzero(fg.any(axis=(1, 2)))
+        if s.size == 0:
+            return
+        r = np.flatnonzero(fg.any(axis=(0, 2)))
+        c = np.flatnonzero(fg.any(axis=(0, 1)))
+        lo = np.array([start + s[0], row0 + r[0], col0 + c[0]])
+        hi = np.array([start + s[-1] + 1, row0 + r[-1] + 1, col0 + c[-1] + 1])
+        self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+
+    def slices(self) -> tuple[slice, slice, slice] | None:
+        """The box as index slices, or None when every label is background."""
+        if self.lo is None:
+            return None
+        return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
+
+
 class Segmenter:
     """Run a package on scans.
 
@@ -86,7 +114,7 @@ class Segmenter:
         b = next(iter(self.backends.values()), None)
         return b.description if b is not None else self.choice.describe()
 
-    def segment(self, scan, profiler: Profiler, gate: bool = True) -> tuple[np.ndarray, dict]:
+    def segment(self, scan, profiler: Profiler, gate: bool = True) -> tuple[np.ndarray, dict, ForegroundBox]:
         """Segment one scan.
 
         Args:
@@ -95,23 +123,26 @@ class Segmenter:
             gate: run a cascade's stage 2 only inside stage 1's region (False: everywhere).
 
         Returns:
-            ``(labels, gating)``: uint8 canonical labels (before post-processing) and the
-            gating statistics (``{"enabled": False, ...}`` without gating).
+            ``(labels, gating, box)``: uint8 canonical labels (before post-processing), the
+            gating statistics (``{"enabled": False, ...}`` without gating), and the
+            bounding box of the non-zero labels.
         """
         n, rows, cols = scan.shape
         labels = np.zeros((n, rows, cols), np.uint8)
+        box = ForegroundBox()
         seg = self.segmenter
         seg_backend = self.backends[seg["name"]]
         common = dict(batch=self.batch, slab_size=self.slab_size)
         if self.localiser is None or not gate:
             def write_all(a: int, b: int, lab: np.ndarray) -> None:
                 labels[a:b] = lab
+                box.update(a, lab)
 
             run_stage(scan, seg_backend, seg, write_all, profiler, name="segment", **common)
             profiler.count("segment_slices", n)
             reason = "single-stage package" if self.localiser is None else "gating disabled (--no-gate)"
             return labels, {"enabled": False, "reason": reason, "slices_total": n,
-                            "skipped_slice_fraction": 0.0, "skipped_pixel_fraction": 0.0}
+                            "skipped_slice_fraction": 0.0, "skipped_pixel_fraction": 0.0}, box
 
         roi_cfg = seg["roi"]
         seg_spec = PreprocessSpec.from_dict(seg["preprocess"])
@@ -128,7 +159,8 @@ class Segmenter:
 
             def write_roi(a: int, b: int, lab: np.ndarray) -> None:
                 labels[a:b, r, c] = lab
+                box.update(a, lab, r.start, c.start)
 
             run_stage(scan, seg_backend, seg, write_roi, profiler, region=roi, name="segment", **common)
             profiler.count("segment_slices", roi.slices)
-        return labels, g.stats()
+        return labels, g.stats(), box

@@ -4,12 +4,13 @@ One stage of a package runs over a scan as three workers joined by bounded queue
 
     reader thread        main thread              labeller thread
     read slab  ->  [q] -> micro-batched infer -> [q] -> logits -> uint8 labels -> sink
-    + preprocess
+    + preprocess    (slabs)                 (micro-batches)
 
-The queues hold at most ``queue_depth`` slabs each, so memory stays bounded by a few slabs
-whatever the scan's length, and decompression / preprocessing (numpy and zlib release the
-GIL) run while the engine computes. The float32 network input and logits exist only for
-the slabs in flight; the labeller turns logits into uint8 labels slab by slab
+The queues hold at most ``queue_depth`` slabs (input) and ``queue_depth`` micro-batches
+(logits), so memory stays bounded by a few slabs whatever the scan's length, and
+decompression / preprocessing (numpy and zlib release the GIL) run while the engine
+computes. The float32 network input and logits exist only for what is in flight; the
+labeller turns logits into uint8 labels micro-batch by micro-batch
 (:func:`kidedge.runtime.labels.logits_to_labels`) and hands them to ``sink``.
 """
 
@@ -106,13 +107,14 @@ def run_stage(
         scan: a :class:`kidedge.io.Scan`.
         backend: an activated backend for this stage.
         stage: the package's stage dict (``preprocess``, ``input``, ``output``).
-        sink: called as ``sink(start, stop, labels)`` for each slab, in slice order, with
+        sink: called as ``sink(start, stop, labels)`` per micro-batch, in slice order, with
             uint8 labels ``(stop - start, h, w)`` on the grid chosen by ``label_grid``.
         profiler: where stage times and batch latencies go.
         region: only these slices / rows / columns (cascade stage 2); None: everything.
         batch: micro-batch size (slices per ``infer`` call).
         slab_size: slices read and preprocessed at a time.
-        queue_depth: slabs buffered between workers (bounds memory).
+        queue_depth: slabs (input) and micro-batches (logits) buffered between workers
+            (bounds memory).
         label_grid: ``"scan"``: labels at the region's full resolution; ``"model"``: on
             the stage's own (unpadded) output grid, e.g. 64x64 for a localiser.
         name: prefix of this stage's entries in the profile.
@@ -186,17 +188,22 @@ def run_stage(
             if item is _DONE:
                 break
             a, b, x = item
-            parts = []
+            stopped = False
             for i in range(0, x.shape[0], batch):
                 xb = x[i:i + batch]
                 t = time.perf_counter()
-                parts.append(backend.infer(xb))
+                logits = backend.infer(xb)
                 dt = time.perf_counter() - t
                 profiler.add_batch(xb.shape[0], dt)
                 profiler.add_time(f"{name}.infer", dt)
-            logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            del parts, x
-            if not _put(q_out, (a, b, logits), abort):
+                # Logits travel per micro-batch, so at most queue_depth + 2 micro-batches
+                # of logits exist at any time, whatever the slab size.
+                if not _put(q_out, (a + i, a + i + xb.shape[0], logits), abort):
+                    stopped = True
+                    break
+                del logits
+            del x
+            if stopped:
                 break
             done += b - a
         _put(q_out, _DONE, abort)

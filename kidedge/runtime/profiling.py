@@ -8,8 +8,9 @@
   by the slices in it (amortised; with ``--batch 1`` it is the true per-slice latency),
   summarised as p50 / p95 / p99,
 * slices per second (slices of the scan / wall time of the run),
-* peak host RSS: a psutil polling thread (every ``interval_s``) plus the kernel's
-  ``ru_maxrss`` high-water mark of the process (which also covers start-up),
+* peak host RSS: a psutil polling thread (every ``interval_s``) during the run, and the
+  kernel's high-water mark of the whole process (``VmHWM``, which also covers start-up
+  and anything the polling missed),
 * peak GPU memory and energy when NVML (``pynvml``) is importable and sees a GPU, and
   energy on a Jetson from ``tegrastats`` (whole-module power, not just this process).
 
@@ -79,7 +80,20 @@ def integrate_energy_j(samples: list[tuple[float, float]]) -> float | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _ru_maxrss_mb() -> float:
+def high_water_rss_mb() -> float:
+    """The process's peak RSS so far, in MiB.
+
+    On Linux this is ``VmHWM`` from /proc/self/status: the peak of this process image.
+    ``ru_maxrss`` is only the fallback, because Linux carries it across ``execve`` (a
+    child started from a large parent reports the parent's peak).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kilobytes, macOS bytes.
     return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
@@ -295,7 +309,7 @@ class Profiler:
             "stages_s": {k: round(v, 4) for k, v in self.stage_s.items()},
             "latency_ms": latency,
             "peak_rss_mb": round(self.peak_rss / 2**20, 1),
-            "max_rss_mb": round(_ru_maxrss_mb(), 1),
+            "max_rss_mb": round(high_water_rss_mb(), 1),
             "gpu": self._gpu,
             "energy": energy,
             "counters": dict(self.counters),
