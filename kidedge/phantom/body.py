@@ -20,6 +20,7 @@ import statistics
 import numpy as np
 
 from kidedge.phantom import tissues as T
+from kidedge.phantom.fields import CoarseGrid
 from kidedge.phantom.kidneys import KidneySite
 
 _NORMAL = statistics.NormalDist()
@@ -147,7 +148,7 @@ def plan_body(rng, shape, spacing, sites: list[KidneySite] | None) -> BodyPlan:
         spleen_size=rng.uniform(0.8, 1.25), liver_size=rng.uniform(0.85, 1.15),
         gallbladder=(rng.uniform(-0.35, -0.15), rng.uniform(-0.45, -0.25), rng.uniform(-40, 10),
                      rng.uniform(10, 20)) if rng.random() < 0.6 else None,
-        bowel_level=rng.uniform(-0.2, 0.5),
+        bowel_level=rng.uniform(0.0, 0.7),
         rib_period=rng.uniform(22, 30), rib_phase=rng.uniform(0, 30),
         sites=list(sites or []), arm_r=rng.uniform(38, 55),
         table_gap=rng.uniform(2, 15), table_curve=rng.uniform(0.0008, 0.002),
@@ -174,6 +175,8 @@ class SlicePainter:
         self.rows, self.cols = rows, cols
         self.X = (np.arange(cols, dtype=np.float32) * plan.spacing[2])[None, :]
         self.Y = (np.arange(rows, dtype=np.float32) * plan.spacing[1])[:, None]
+        # ~3 mm coarse nodes for the smooth outline computations.
+        self.coarse = CoarseGrid(rows, cols, max(1, min(8, int(3.0 / min(plan.spacing[1:])))))
 
     # -- primitives ---------------------------------------------------------------
     def _box(self, cx, cy, rx, ry):
@@ -235,19 +238,26 @@ class SlicePainter:
 
     # -- the slice ----------------------------------------------------------------
     def outline_depth(self, k):
-        """Depth (mm) below the skin for every pixel (<= 0 outside) and the angle."""
+        """Depth (mm) below the skin, and below the subcutaneous fat, of every pixel.
+
+        Both are smooth, so they are computed on a coarse grid and interpolated.
+        Returns (depth, depth_below_fat), float32 (rows, cols); <= 0 means outside.
+        """
         p = self.p
         zk = p.zk(k)
+        g = self.coarse
+        X = (g.cols_idx.astype(np.float32) * p.spacing[2])[None, :]
+        Y = (g.rows_idx.astype(np.float32) * p.spacing[1])[:, None]
         # Slow changes of size along the body (chest wider, pelvis rounder).
         grow = 1.0 + 0.04 * math.sin(zk / 140.0 + p.fat_phase)
         a = p.a * grow
-        dx = self.X - p.cx
-        dy = self.Y - p.cy
+        dx = X - p.cx
+        dy = Y - p.cy
         b = np.where(dy < 0, p.b_ant, p.b_post).astype(np.float32) * grow
         L = np.sqrt(dx * dx + dy * dy) + 1e-3
         c, s = dx / L, dy / L
         rho = np.sqrt((dx / a) ** 2 + (dy / b) ** 2)
-        # cos(k theta + phi) by the multiple-angle recurrence: no trig on the full slice.
+        # cos(k theta + phi) by the multiple-angle recurrence: no trig per pixel.
         pert = np.ones_like(rho)
         ck, sk = c, s
         for kk, amp, ph in p.harmonics:
@@ -260,7 +270,10 @@ class SlicePainter:
         pert -= 0.06 * np.clip(s, 0, None) ** 4
         rho = rho / pert
         depth = L * (1.0 - rho) / np.maximum(rho, 1e-3)
-        return depth, c, s
+        depth = np.minimum(depth, 1000.0)
+        fat = p.fat_mm * (1.0 + p.fat_aniso * (c * math.cos(p.fat_phase) + s * math.sin(p.fat_phase))
+                          - 0.35 * np.clip(s, 0, None))
+        return g.up(depth), g.up(depth - fat)
 
     def paint(self, k: int, fields) -> np.ndarray:
         """Tissue codes (uint8, rows x cols) of slice ``k`` without the kidneys' interior.
@@ -270,15 +283,12 @@ class SlicePainter:
         p, st = self.p, self.style
         zk = p.zk(k)
         codes = np.zeros((self.rows, self.cols), np.uint8)
-        depth, c, s = self.outline_depth(k)
-        fat = p.fat_mm * (1.0 + p.fat_aniso * (c * math.cos(p.fat_phase) + s * math.sin(p.fat_phase))
-                          - 0.35 * np.clip(s, 0, None))
+        depth, below_fat = self.outline_depth(k)
         body = depth > 0
         codes[body] = T.SKIN
         codes[depth > p.skin_mm] = T.SUBCUT_FAT
-        wall_in = p.skin_mm + fat
-        codes[depth > wall_in] = T.MUSCLE
-        cavity = depth > wall_in + p.muscle_mm
+        codes[below_fat > p.skin_mm] = T.MUSCLE
+        cavity = below_fat > p.skin_mm + p.muscle_mm
         codes[cavity] = T.VISCERAL_FAT
         W, Hb = p.a, 0.5 * (p.b_ant + p.b_post)
 
@@ -365,7 +375,7 @@ class SlicePainter:
             csl = slice(cs_l[0], cs_l[-1] + 1)
             v = fields.slice(k, rows=rsl, cols=csl)[2]
             view = codes[rsl, csl]
-            view[(np.abs(v) < 0.07) & (view == T.LIVER)] = T.LIVER_VESSEL
+            view[(np.abs(v) < 0.045) & (view == T.LIVER)] = T.LIVER_VESSEL
 
         # Great vessels.
         ay = p.sy - p.vry - p.aorta_r - 4

@@ -128,18 +128,20 @@ def make_phantom(seed, shape=None, spacing=None, labels=None) -> Phantom:
     kid = kidney_tissues(labels, spacing, style, rng)
 
     organ_fields = SmoothField(rng, shape, spacing, grid_mm=5.0, sigma_cells=1.2, channels=3)
-    texture = SmoothField(rng, shape, spacing, grid_mm=3.0, sigma_cells=1.0, channels=2)
-    slow = SmoothField(rng, shape, spacing, grid_mm=40.0, sigma_cells=1.0, channels=1)
-    noise = ScannerNoise(rng, style.noise_sigma, style.noise_corr_px)
-
+    texture = SmoothField(rng, shape, spacing, grid_mm=3.0, sigma_cells=1.0, channels=1)
     n, rows, cols = shape
+    w = style.blur_z if n > 1 else 0.0
+    noise = ScannerNoise(rng, (rows, cols), style.noise_sigma, style.blur_px, w)
+    # Slow intensity drift: a random tilt across the field of view, changing along z.
+    tilt = rng.standard_normal((2, 2)) * style.bias_hu
+    gx = np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
+    gy = np.linspace(-1, 1, rows, dtype=np.float32)[:, None]
+
     hu = np.empty(shape, np.int16)
     tissues = np.empty(shape, np.uint8)
     painter = SlicePainter(plan, style)
     lut_mean = style.hu_mean.astype(np.float32)
     lut_tex = style.hu_texture.astype(np.float32)
-    zebra = np.zeros(T.N_TISSUES, np.float32)
-    zebra[T.SPLEEN] = style.spleen_zebra
     outside_fov = None
     if style.outside_fov_hu is not None:
         yy = (np.arange(rows) - (rows - 1) / 2)[:, None]
@@ -147,9 +149,7 @@ def make_phantom(seed, shape=None, spacing=None, labels=None) -> Phantom:
         outside_fov = yy**2 + xx**2 > (min(rows, cols) / 2) ** 2
         lut_mean[T.OUTSIDE_FOV] = style.outside_fov_hu
     hu_min = min(-1024.0, style.outside_fov_hu or -1024.0)
-
     box = kid["box"]
-    w = style.blur_z if n > 1 else 0.0
 
     def clean_slice(k):
         codes = painter.paint(k, organ_fields)
@@ -165,23 +165,37 @@ def make_phantom(seed, shape=None, spacing=None, labels=None) -> Phantom:
         if outside_fov is not None:
             codes[outside_fov & (labels[k] == 0)] = T.OUTSIDE_FOV
         tissues[k] = codes
-        tx = texture.slice(k)
-        img = lut_mean[codes] + lut_tex[codes] * tx[0] + zebra[codes] * tx[1]
-        return ndimage.gaussian_filter(img, style.blur_px, mode="nearest")
+        img = np.take(lut_tex, codes)
+        img *= texture.slice(k)[0]
+        img += np.take(lut_mean, codes)
+        img += noise.slice()
+        # One gaussian: the partial-volume blur of the anatomy and the noise's correlation.
+        return ndimage.gaussian_filter(img, style.blur_px, mode="nearest", truncate=3.0)
 
     def finish(k, img):
-        img = img + noise.slice((rows, cols))
-        img += style.hu_offset + style.bias_hu * slow.slice(k)[0]
+        t = k / max(n - 1, 1)
+        bx = tilt[0, 0] * (1 - t) + tilt[0, 1] * t
+        by = tilt[1, 0] * (1 - t) + tilt[1, 1] * t
+        img += style.hu_offset
+        img += bx * gx
+        img += by * gy
         np.clip(img, hu_min, HU_MAX, out=img)
         if outside_fov is not None:
             img[tissues[k] == T.OUTSIDE_FOV] = style.outside_fov_hu
-        hu[k] = np.rint(img).astype(np.int16)
+        np.rint(img, out=img)
+        hu[k] = img
 
     prev, cur = None, clean_slice(0)
     for k in range(n):
         nxt = clean_slice(k + 1) if k + 1 < n else cur
         before = prev if prev is not None else cur
-        finish(k, (1.0 - 2.0 * w) * cur + w * (before + nxt))
+        if w > 0:
+            mixed = cur * (1.0 - 2.0 * w)
+            mixed += w * before
+            mixed += w * nxt
+        else:
+            mixed = cur.copy()
+        finish(k, mixed)
         prev, cur = cur, nxt
     return Phantom(hu=hu, labels=labels, affine=canonical_affine(spacing), spacing=spacing,
                    tissues=tissues, style=style, plan=plan)

@@ -177,10 +177,9 @@ class PhantomStyle:
         phase: contrast phase, one of ``PHASES``.
         hu_mean: float32 (N_TISSUES,) mean HU of each tissue code.
         hu_texture: float32 (N_TISSUES,) std (HU) of the smooth texture of each tissue.
-        spleen_zebra: extra arterial-phase heterogeneity of the spleen (HU).
-        noise_sigma: std (HU) of the scanner noise after its correlation filter.
-        noise_corr_px: gaussian sigma (pixels) that correlates the noise in-plane.
-        blur_px: in-plane partial-volume blur (gaussian sigma, pixels).
+        noise_sigma: std (HU) of the scanner noise as measured in a flat region.
+        blur_px: in-plane gaussian sigma (pixels): partial-volume blur of the anatomy and
+            the correlation of the noise (one reconstruction kernel does both).
         blur_z: weight of each neighbouring slice in the through-plane blur (0..0.3).
         hu_offset: global calibration offset (HU).
         bias_hu: amplitude of a slow intensity drift across the field of view (HU).
@@ -194,9 +193,7 @@ class PhantomStyle:
     phase: str
     hu_mean: np.ndarray
     hu_texture: np.ndarray
-    spleen_zebra: float
     noise_sigma: float
-    noise_corr_px: float
     blur_px: float
     blur_z: float
     hu_offset: float
@@ -224,6 +221,9 @@ def sample_style(rng: np.random.Generator) -> PhantomStyle:
     texture = np.zeros(N_TISSUES, np.float32)
     for code, (lo, hi) in _TEXTURE.items():
         texture[code] = rng.uniform(lo, hi)
+    if phase == "arterial":
+        # The arterial spleen is heterogeneous ("zebra" pattern).
+        texture[SPLEEN] += rng.uniform(15, 40)
     outside = None
     u = rng.random()
     if u < 0.25:
@@ -232,10 +232,8 @@ def sample_style(rng: np.random.Generator) -> PhantomStyle:
         phase=phase,
         hu_mean=mean,
         hu_texture=texture,
-        spleen_zebra=float(rng.uniform(15, 40)) if phase == "arterial" else float(rng.uniform(0, 8)),
         noise_sigma=float(rng.uniform(5.0, 25.0)),
-        noise_corr_px=float(rng.uniform(0.5, 1.3)),
-        blur_px=float(rng.uniform(0.4, 0.9)),
+        blur_px=float(rng.uniform(0.5, 1.1)),
         blur_z=float(rng.uniform(0.05, 0.25)),
         hu_offset=float(rng.uniform(-15.0, 15.0)),
         bias_hu=float(rng.uniform(0.0, 12.0)),
@@ -243,5 +241,5 @@ def sample_style(rng: np.random.Generator) -> PhantomStyle:
         has_table=bool(rng.random() < 0.7),
         has_arms=bool(rng.random() < 0.3),
         oral_contrast=float(rng.choice([0.0, rng.uniform(0.1, 0.6)], p=[0.5, 0.5])),
-        bowel_air=float(rng.uniform(0.05, 0.35)),
+        bowel_air=float(rng.uniform(0.02, 0.2)),
     )
