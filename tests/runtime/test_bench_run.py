@@ -1,0 +1,93 @@
+"""The baselines and the quick bench end to end, on tiny scans with tiny untrained packages.
+
+The packages are kidedge_default's networks with small decoders and random weights,
+exported by kidedge.export (as the benchmark does before the shipped package exists).
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+TINY = {"model_overrides": {"decoder_channels": [16, 8, 8, 8]},
+        "preprocess_overrides": {"localise": {"size": [32, 32]}},
+        "volume_shape": (12, 64, 64), "calib_cases": 2, "slices_per_case": 4, "held_out_cases": 1,
+        "parity_slices": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(single-stage package, cascade package, a 12 x 64 x 64 phantom scan)."""
+    import torch
+
+    from kidedge.runtime.bench.scans import make_bench_scans
+    from kidedge.runtime.bench.untrained_package import export_untrained_package
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("bench")
+    single = export_untrained_package(root / "single", only_stage="segment", int8=False, **TINY)
+    cascade = export_untrained_package(root / "cascade", int8=True, **TINY)
+    (scan,) = make_bench_scans(root / "scans", targets=(12,), synthetic_shape=(64, 64))
+    return single, cascade, scan
+
+
+def _labels(path):
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def test_baselines_and_kidedge_give_the_same_labels(tiny, tmp_path):
+    """Same model, same preprocessing: three execution paths, one segmentation."""
+    from kidedge.runtime.bench.baselines import MonaiSliceInferer, PapersWay
+    from kidedge.runtime.bench.kidedge_variant import KidedgeRunner
+
+    single, _, scan = tiny
+    outs = {}
+    for name, cls in (("papers", PapersWay), ("monai", MonaiSliceInferer)):
+        outs[name] = tmp_path / f"{name}.nii.gz"
+        info = cls(single, image=scan.image, out=outs[name], batch=4, threads=2).run()
+        assert {"read", "segment.infer", "segment.argmax", "postprocess", "write"} <= set(info["stages"])
+    outs["kidedge"] = tmp_path / "kidedge.nii.gz"
+    runner = KidedgeRunner({"model": str(single), "image": str(scan.image), "out": str(outs["kidedge"]),
+                            "backend": "onnxruntime", "precision": "fp32", "gate": True, "threads": 2})
+    info = runner.run()
+    runner.close()
+    assert info["stages"]["segment.infer"] > 0 and info["profile"]["slices"] == 12
+    ref = _labels(outs["papers"])
+    img = nib.load(str(scan.image))
+    assert ref.shape == img.shape and ref.dtype == np.uint8
+    assert np.allclose(nib.load(str(outs["papers"])).affine, img.affine)
+    for name in ("monai", "kidedge"):
+        got = _labels(outs[name])
+        assert got.shape == ref.shape
+        assert (got == ref).mean() >= 0.999, name  # float rounding may flip a rare tie, nothing more
+
+
+@pytest.mark.slow
+def test_quick_bench_end_to_end(tiny, tmp_path):
+    from kidedge.runtime.bench import run_bench
+
+    _, cascade, _ = tiny
+    out = tmp_path / "results"
+    code = run_bench(quick=True, out=out, model=cascade, work_dir=tmp_path / "work", targets=(12,),
+                     synthetic_shape=(64, 64), synthetic=True, echo=lambda m: None)
+    assert code == 0
+    data = json.loads((out / "bench.json").read_text())
+    names = {v["name"] for v in data["variants"]}
+    assert {"floor", "papers", "monai", "ort-fp32-gated", "ort-int8-cpu-gated"} <= names
+    assert all(r["ok"] for r in data["runs"]), [r.get("error") for r in data["runs"]]
+    rows = {r["variant"]: r for r in data["summary"]}
+    assert rows["papers"]["speedup_vs_papers"] == 1.0
+    for name in names - {"floor"}:
+        assert rows[name]["seconds"] > 0 and rows[name]["peak_rss_mb"] > 50
+        assert rows[name]["dice_vs_truth"] is not None
+    assert rows["ort-int8-cpu-gated"]["stages"].get("localise.infer", 0) > 0
+    assert data["machine"]["cpu"]["model"] and data["machine_label"]
+    md = (out / "bench.md").read_text()
+    assert "kidedge onnxruntime int8-cpu gated" in md and "## Targets" in md
+    assert (out / "latency.png").stat().st_size > 5000 and (out / "memory.png").stat().st_size > 5000
