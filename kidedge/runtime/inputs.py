@@ -9,6 +9,8 @@ from kidedge.errors import KidedgeError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DEFAULT_OUTPUT_DIR = Path("kidedge_out")
+#: NIfTI names in a folder that are label maps, not scans (our own outputs, KiTS truth).
+LABEL_MAP_ENDINGS = ("_seg.nii.gz", "_seg.nii", "segmentation.nii.gz", "segmentation.nii")
 #: File names that say nothing about the case: use the folder's name instead.
 GENERIC_STEMS = {"imaging", "image", "ct", "scan", "volume"}
 
@@ -73,15 +75,17 @@ def scan_name(path: Path) -> str:
 
 def expand_inputs(paths: list[str | Path]) -> list[Path]:
     """Scans named on the command line: files and DICOM folders as given; any other
-    folder contributes the NIfTI files in it, its DICOM sub-folders and, for a dataset in
-    the KiTS layout, each ``case_*/imaging.nii.gz``. Missing paths are kept (and reported
-    as a failed scan later)."""
+    folder contributes the NIfTI files in it (except label maps named ``*_seg.nii.gz``, as
+    kidedge writes them, or ``segmentation.nii.gz``), its DICOM sub-folders and, for a
+    dataset in the KiTS layout, each ``case_*/imaging.nii.gz``. Missing paths are kept
+    (and reported as a failed scan later)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir() or is_dicom_folder(p):
             out.append(p)
             continue
-        found = [f for f in sorted(p.iterdir()) if f.is_file() and is_nifti(f) and not f.name.startswith(".")]
+        found = [f for f in sorted(p.iterdir()) if f.is_file() and is_nifti(f) and not f.name.startswith(".")
+                 and not f.name.lower().endswith(LABEL_MAP_ENDINGS)]
         for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
             images = [sub / f"imaging{s}" for s in NIFTI_SUFFIXES if (sub / f"imaging{s}").is_file()]
             if images:
@@ -114,12 +118,9 @@ def plan_outputs(scans: list[Path], output: str | Path | None) -> list[ScanJob]:
     jobs, used = [], set()
     for s in scans:
         name = scan_name(s)
-        if name in used:  # two scans with the same name: add the folder, then a number
-            name = f"{s.parent.name}_{name}" if s.parent.name else name
-            k = 2
-            base = name
-            while name in used:
-                name, k = f"{base}_{k}", k + 1
+        base, k = name, 2
+        while name in used:  # two scans with the same name: number the later ones
+            name, k = f"{base}_{k}", k + 1
         used.add(name)
         jobs.append(ScanJob(s, name, out / f"{name}_seg.nii.gz"))
     return jobs
