@@ -75,6 +75,8 @@ class Scan:
         self.spacing = tuple(float(v) for v in voxel_sizes(self.canonical_affine))
         self._loader = loader
         self._native: np.ndarray | None = None
+        # what SlabReader learns about the file (gzip restart points), kept for later passes
+        self.stream_state: dict = {}
 
     def __repr__(self) -> str:
         return (

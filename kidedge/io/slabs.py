@@ -175,16 +175,18 @@ class _NativeSlices:
         self._cache: list[tuple[int, int, np.ndarray]] = []  # (native n0, n1, planes)
         self._fd = None
         self._gz: GzipReader | None = None
-        self._next = 0  # native slice at the gzip reader's position
-        self._checkpoints: dict[int, object] = {}
+        self._next = -1  # native slice at the gzip reader's position (-1: not positioned)
+        # restart points and "CRC verified" live on the Scan, so a second pass over the same
+        # scan (a cascade's stage 2 on its region of interest) jumps straight to its slabs
+        self._index: _GzipIndex = scan.stream_state.setdefault("gzip_index", _GzipIndex())
+        self._every = slab_size
         try:
             if strategy == "pread":
                 self._fd = os.open(layout.path, os.O_RDONLY)
             else:
                 self._gz = GzipReader(layout.path)
-                self._gz.skip(layout.offset)
-                if strategy == "gzip-indexed":
-                    self._build_index(slab_size)
+                if strategy == "gzip-indexed" and not self._index.complete:
+                    self._build_index()
         except GzipDataError as exc:
             self.close()
             raise KidedgeError(f"{layout.path}: truncated or corrupt gzip ({exc})") from exc
@@ -192,14 +194,25 @@ class _NativeSlices:
             self.close()
             raise KidedgeError(f"{layout.path}: cannot read ({exc.strerror or exc})") from exc
 
-    def _build_index(self, every: int) -> None:
-        """Decompress once, saving the zlib state every ``every`` slices (and checking CRC)."""
+    def _start(self) -> None:
+        """Position the reader at native slice 0 (after the header) and remember it."""
+        if 0 in self._index.points:
+            self._gz.restore(self._index.points[0])
+        else:
+            self._gz.skip(self.layout.offset)
+            self._index.points[0] = self._gz.checkpoint()
+        self._next = 0
+
+    def _build_index(self) -> None:
+        """Decompress once, saving the zlib state every slab (and checking the CRC)."""
+        self._start()
         gz = self._gz
-        for k in range(0, self.n, every):
-            self._checkpoints[k] = gz.checkpoint()
-            gz.skip(min(every, self.n - k) * self.plane_bytes)
+        for k in range(0, self.n, self._every):
+            self._index.points.setdefault(k, gz.checkpoint())
+            gz.skip(min(self._every, self.n - k) * self.plane_bytes)
         gz.finish()
         self._next = self.n
+        self._index.complete = self._index.verified = True
 
     def close(self) -> None:
         if self._fd is not None:
@@ -210,13 +223,17 @@ class _NativeSlices:
             self._gz = None
 
     def finish(self) -> None:
-        """After the last slab: check the rest of the gzip stream (CRC, truncation)."""
-        if self.strategy == "gzip-stream":
-            try:
-                self._gz.skip((self.n - self._next) * self.plane_bytes)
-                self._gz.finish()
-            except GzipDataError as exc:
-                raise KidedgeError(f"{self.layout.path}: truncated or corrupt gzip ({exc})") from exc
+        """After the last slab: check the rest of the gzip stream (CRC, truncation) once per scan."""
+        if self._gz is None or self._index.verified:
+            return
+        try:
+            if self._next < 0:
+                self._start()
+            self._gz.skip((self.n - self._next) * self.plane_bytes)
+            self._gz.finish()
+        except GzipDataError as exc:
+            raise KidedgeError(f"{self.layout.path}: truncated or corrupt gzip ({exc})") from exc
+        self._index.verified = True
 
     def canonical(self, lo: int, hi: int) -> np.ndarray:
         """Canonical slices lo..hi (a view into a freshly read native block)."""
@@ -259,16 +276,46 @@ class _NativeSlices:
             read_slices_into(self._fd, self.layout, first, out)
             return
         gz = self._gz
-        if first < self._next:
-            if not self._checkpoints:
-                raise RuntimeError("gzip stream asked to go backwards without an index")
-            point = max(k for k in self._checkpoints if k <= first)
-            gz.restore(self._checkpoints[point])
+        if self._next < 0:
+            self._start()
+        # jump back, or forward past slices nobody asked for, from the nearest restart point
+        point = max((k for k in self._index.points if k <= first), default=0)
+        if first < self._next or point > self._next:
+            gz.restore(self._index.points[point])
             self._next = point
         if first > self._next:
-            gz.skip((first - self._next) * self.plane_bytes)
-        gz.readinto(out.reshape(-1, order="A"))
-        self._next = first + out.shape[2]
+            self._advance(first, None)
+        self._advance(first + out.shape[2], out.reshape(-1, order="A"))
+
+    def _advance(self, target: int, buf: np.ndarray | None) -> None:
+        """Decompress native slices up to ``target`` into ``buf`` (None: discard them),
+        saving a restart point at every multiple of the slab size on the way."""
+        gz, every = self._gz, self._every
+        per_plane = self.plane_bytes // self.layout.file_dtype.itemsize
+        first = self._next
+        while self._next < target:
+            k = self._next
+            if k % every == 0 and k not in self._index.points:
+                self._index.points[k] = gz.checkpoint()
+            stop = min(target, (k // every + 1) * every)
+            if buf is None:
+                gz.skip((stop - k) * self.plane_bytes)
+            else:
+                gz.readinto(buf[(k - first) * per_plane : (stop - first) * per_plane])
+            self._next = stop
+
+
+class _GzipIndex:
+    """Restart points of one .nii.gz: {native slice: GzipCheckpoint} (about 45 KiB each).
+
+    ``complete``: a point every slab over the whole file; ``verified``: the whole stream's
+    CRC has been checked once.
+    """
+
+    def __init__(self) -> None:
+        self.points: dict = {}
+        self.complete = False
+        self.verified = False
 
 
 def _runs(mask: np.ndarray, offset: int) -> list[tuple[int, int]]:

@@ -116,3 +116,42 @@ def test_float_streaming_keeps_dtype(tmp_path):
     slabs = list(SlabReader(scan, slab_size=8))
     assert all(s.array.dtype == np.float32 for s in slabs)
     np.testing.assert_array_equal(np.concatenate([s.core for s in slabs]), scan.array)
+
+
+class _CountingReads:
+    """Counts the bytes decompressed by every GzipReader (skips included)."""
+
+    def __init__(self, monkeypatch):
+        from kidedge.io import gzip_stream
+
+        self.total = 0
+        original = gzip_stream.GzipReader.readinto
+
+        def counting(reader, buffer):
+            n = original(reader, buffer)
+            self.total += n
+            return n
+
+        monkeypatch.setattr(gzip_stream.GzipReader, "readinto", counting)
+
+
+@pytest.mark.parametrize("affine", [_inferior_first_affine(), ras_affine()], ids=["stream", "indexed"])
+def test_second_pass_over_a_region_decompresses_only_that_region(tmp_path, monkeypatch, affine):
+    shape = (16, 16, 64)  # 64 slices of 512 bytes
+    src = write_nifti(tmp_path / "a.nii.gz", random_volume(shape, seed=7), affine)
+    whole = np.array(load_scan(src).array)
+    plane = 16 * 16 * 2
+    scan = load_scan(src)
+    counter = _CountingReads(monkeypatch)
+    first = list(SlabReader(scan, slab_size=8, context=1))
+    first_pass = counter.total
+    assert first_pass >= 64 * plane
+    counter.total = 0
+    roi = list(SlabReader(scan, slab_size=4, context=1, start=40, stop=47))
+    assert [(s.start, s.stop) for s in roi] == [(40, 44), (44, 47)]
+    for s in roi + first:
+        np.testing.assert_array_equal(s.array, _expected_slab(whole, s.start, s.stop, 1))
+    # from the restart point at slice 32 (or 24 going backwards) up to slice 48: at most
+    # 16 slices plus the context, far from the 64 of a full pass
+    assert counter.total <= 18 * plane
+    assert counter.total < first_pass / 3
