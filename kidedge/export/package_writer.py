@@ -1,0 +1,389 @@
+"""``export_run``: a trained run directory -> a model package, written atomically.
+
+The package is built in a temporary folder next to ``--out`` and renamed into place only
+when everything (export, parity, quantisation, fidelity, manifest) succeeded; an existing
+``--out`` is never overwritten. Layout::
+
+    PACKAGE/manifest.json
+    PACKAGE/<stage>/fp32.onnx  fp16.onnx  int8-cpu.onnx  int8-trt.onnx  model.pt
+    PACKAGE/<stage>/reference.npz                  (fp32 input + PyTorch logits, for --verify)
+    PACKAGE/<stage>/<tensorrt key>.plan  .timing-cache
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from kidedge import __version__
+from kidedge.errors import KidedgeError
+from kidedge.export.held_out import held_out_volumes, volumes_from_dataset
+from kidedge.export.onnx_export import (
+    FP32_TOLERANCE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    check_parity,
+    compare_logits,
+    export_onnx,
+    load_stage_model,
+    ort_session,
+    run_onnx,
+    run_torch,
+)
+from kidedge.export.stage_inputs import (
+    block_input,
+    slice_categories,
+    slice_inputs,
+    stage_spec,
+)
+from kidedge.package import FORMAT, FORMAT_VERSION, write_manifest
+
+#: fp16 logits are compared with PyTorch fp32 and recorded; export fails only if fp16
+#: flips more than this fraction of pixels (fp16 rounding alone flips far fewer).
+FP16_MIN_AGREEMENT = 0.99
+RUN_FORMAT = 1
+
+
+def read_run(run_dir: Path) -> dict:
+    """run.json of a training run, checked for what export needs (one-line errors)."""
+    path = Path(run_dir) / "run.json"
+    if not Path(run_dir).is_dir():
+        raise KidedgeError(f"{run_dir}: run directory does not exist")
+    if not path.is_file():
+        raise KidedgeError(f"{path}: missing; is {run_dir} a kidedge training run?")
+    try:
+        run = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KidedgeError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(run, dict) or run.get("kidedge_run") != RUN_FORMAT:
+        raise KidedgeError(f"{path}: not a kidedge run (kidedge_run must be {RUN_FORMAT})")
+    for key in ("dimensionality", "classes", "stages"):
+        if key not in run:
+            raise KidedgeError(f"{path}: missing {key!r}")
+    if run["dimensionality"] not in ("2d", "3d"):
+        raise KidedgeError(f"{path}: dimensionality must be 2d or 3d, got {run['dimensionality']!r}")
+    if not isinstance(run["stages"], list) or not run["stages"]:
+        raise KidedgeError(f"{path}: stages must be a non-empty list")
+    for i, st in enumerate(run["stages"]):
+        missing = [k for k in ("name", "role", "arch", "preprocess", "output", "checkpoint") if k not in st]
+        if missing:
+            raise KidedgeError(f"{path}: stage {st.get('name', i)!r} is missing {', '.join(missing)}")
+        try:
+            stage_spec(st)
+        except (ValueError, TypeError) as exc:
+            raise KidedgeError(f"{path}: stage {st['name']!r} has a bad preprocess spec: {exc}") from None
+    return run
+
+
+def _library_versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    versions = {"kidedge": __version__, "python": platform.python_version(), "numpy": np.__version__,
+                "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        import onnxconverter_common
+
+        versions["onnxconverter_common"] = onnxconverter_common.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _parity_inputs(volume, stage: dict, dimensionality: str, n_slices: int, depth: int) -> np.ndarray:
+    """Real preprocessed slices for parity: kidney/tumour slices first, then others."""
+    if dimensionality == "3d":
+        n = volume.array.shape[0]
+        d = min(depth, n)
+        return block_input(volume, stage, max(0, (n - d) // 2), d)
+    cats = slice_categories(volume)
+    order = np.argsort(-cats, kind="stable")  # masses, kidney, background
+    pick = np.sort(np.concatenate([order[: n_slices - 1], [int(np.argmin(cats))]]))
+    return slice_inputs(volume, stage, np.unique(pick))
+
+
+class _TorchRunner:
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):
+        return run_torch(self.model, x)
+
+
+class _OrtRunner:
+    def __init__(self, path: Path, threads: int):
+        self.session = ort_session(path, threads)
+
+    def __call__(self, x):
+        return run_onnx(self.session, x)
+
+
+def _check_dynamic_hw(model, onnx_path: Path, x: np.ndarray, threads: int) -> dict | None:
+    """Run a smaller spatial size through ONNX and PyTorch; None if too small to try."""
+    h, w = x.shape[-2:]
+    if h < 96 or w < 96:
+        return None
+    # 32 keeps every pooling level even for the U-Nets (5 halvings).
+    y = np.ascontiguousarray(x[..., : h - 32, : w - 64])
+    try:
+        got = run_onnx(ort_session(onnx_path, threads), y)
+    except Exception as exc:  # ORT raises its own Fail/InvalidArgument types
+        return {"ok": False, "error": str(exc).splitlines()[0][:200], "shape": list(y.shape)}
+    ref = run_torch(model, y)
+    cmp = compare_logits(ref, got)
+    return {"ok": cmp["max_abs_diff"] <= FP32_TOLERANCE, "shape": list(y.shape), **cmp}
+
+
+def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
+               calib_method: str = "percentile", tensorrt: bool = False, *,
+               name: str | None = None, volume_shape=(32, 256, 256), spacing=(3.0, 1.5, 1.5),
+               held_out_cases: int = 2, calib_cases: int = 4, slices_per_case: int = 8,
+               parity_slices: int = 6, depth: int = 16, cpu_format: str | None = None,
+               float_nodes: str = "rule", threads: int = 2, tensorrt_settings: dict | None = None,
+               model_factory=None, quiet: bool = False) -> int:
+    """Export every stage of ``run_dir`` to a model package at ``out``.
+
+    Args:
+        run_dir: training run (run.json + checkpoints, see the run directory contract).
+        out: package directory to create, or a path ending in ``.zip``; must not exist.
+        fp16: also write fp16 ONNX.
+        int8: also write int8-cpu and int8-trt ONNX (static PTQ).
+        calib: CT dataset folder for calibration (any layout kidedge.io reads); default:
+            phantom cases.
+        calib_method: ``"minmax"``, ``"percentile"`` or ``"entropy"``.
+        tensorrt: also build TensorRT plans (needs TensorRT and a GPU).
+        name: package name (default: the recipe, else the run folder's name).
+        volume_shape, spacing: phantom volumes for parity, calibration and fidelity.
+        held_out_cases: phantom cases for the fidelity report.
+        calib_cases, slices_per_case: calibration set size (phantoms or ``calib`` cases).
+        parity_slices: slices for the ONNX-vs-PyTorch parity check.
+        depth: slices per block for 3D stages.
+        cpu_format: ``"QDQ"`` or ``"QOperator"`` for int8-cpu (default: the measured choice).
+        float_nodes: ``"rule"`` (first and last Conv stay float) or ``"none"``.
+        threads: ONNX Runtime / torch threads used for checks.
+        tensorrt_settings: extra :class:`~kidedge.export.tensorrt_build.BuildSettings` fields
+            (``batches``, ``dla_core``, ``workspace_bytes``, ...).
+        model_factory: ``f(arch, **model_kwargs) -> nn.Module`` (default: the model
+            registry, :func:`kidedge.train.models.build_model`).
+        quiet: no progress lines.
+
+    Returns:
+        0 (the CLI's exit code).
+    """
+    import torch
+
+    from kidedge.export.quantize import DEFAULT_CPU_FORMAT
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists():
+        raise KidedgeError(f"{out}: already exists; refusing to overwrite (choose a new --out)")
+    run = read_run(run_dir)
+    if calib_method not in ("minmax", "percentile", "entropy"):
+        raise KidedgeError(f"unknown calibration method {calib_method!r} (minmax, percentile, entropy)")
+    if float_nodes not in ("rule", "none"):
+        raise KidedgeError(f"float_nodes must be 'rule' or 'none', got {float_nodes!r}")
+    if calib and not int8:
+        raise KidedgeError("--calib is for int8 calibration; add --int8")
+    trt = None
+    if tensorrt:
+        from kidedge.export.tensorrt_build import require_tensorrt
+
+        trt = require_tensorrt()  # before any work: a one-line error without TensorRT/GPU
+    cpu_format = cpu_format or DEFAULT_CPU_FORMAT
+    torch.set_num_threads(threads)
+    dim = run["dimensionality"]
+    say = (lambda *a: None) if quiet else (lambda msg: print(f"kidedge export: {msg}", flush=True))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        held_out = held_out_volumes(held_out_cases, volume_shape, spacing)
+        stages, report = [], {"sizes": {}, "parity": {}, "fidelity": {}, "quantisation": {},
+                              "onnx": {}, "held_out_cases": [v.source for v in held_out]}
+        for st in run["stages"]:
+            sname = st["name"]
+            sdir = tmp / sname
+            sdir.mkdir()
+            say(f"stage {sname}: loading {st['arch']} from {st['checkpoint']}")
+            model = load_stage_model(run_dir, st, model_factory)
+            spec = stage_spec(st)
+            x = _parity_inputs(held_out[0], st, dim, parity_slices, depth)
+            torch_logits = run_torch(model, x)
+
+            # 1. fp32 ONNX + parity on real preprocessed slices.
+            fp32_path = sdir / "fp32.onnx"
+            info = export_onnx(model, fp32_path, x[:1], dim, dynamic_hw=True)
+            dyn = _check_dynamic_hw(model, fp32_path, x, threads) if dim == "2d" else None
+            if dyn is not None and not dyn["ok"]:
+                if spec.in_plane != "size":
+                    raise KidedgeError(f"stage {sname}: the model does not run at other input sizes "
+                                       f"after ONNX export ({dyn.get('error', 'logits differ')}), and its "
+                                       f"preprocessing ({spec.in_plane}) needs them")
+                info = export_onnx(model, fp32_path, x[:1], dim, dynamic_hw=False)
+            info["dynamic_hw_check"] = dyn
+            parity = {"fp32": check_parity(torch_logits, run_onnx(ort_session(fp32_path, threads), x),
+                                           FP32_TOLERANCE, f"{fp32_path.name} of stage {sname}")}
+            say(f"stage {sname}: fp32 ONNX parity max |diff| {parity['fp32']['max_abs_diff']:.2e}")
+            ref_n = min(2, len(x))
+            np.savez_compressed(sdir / "reference.npz", input=x[:ref_n], logits=torch_logits[:ref_n])
+            torch.save(model.state_dict(), sdir / "model.pt")
+            files = {"fp32": {"path": f"{sname}/fp32.onnx"}, "torch": {"path": f"{sname}/model.pt"}}
+            runners = {"fp32": _OrtRunner(fp32_path, threads), "torch": _TorchRunner(model)}
+
+            # 2. fp16.
+            if fp16:
+                from kidedge.export.fp16 import convert_fp16
+
+                report["quantisation"].setdefault(sname, {})["fp16"] = convert_fp16(fp32_path, sdir / "fp16.onnx")
+                parity["fp16"] = compare_logits(torch_logits, run_onnx(ort_session(sdir / "fp16.onnx", threads), x))
+                if parity["fp16"]["argmax_agreement"] < FP16_MIN_AGREEMENT:
+                    raise KidedgeError(f"stage {sname}: fp16 ONNX agrees with PyTorch on only "
+                                       f"{parity['fp16']['argmax_agreement']:.3f} of pixels (< {FP16_MIN_AGREEMENT})")
+                files["fp16"] = {"path": f"{sname}/fp16.onnx"}
+                runners["fp16"] = _OrtRunner(sdir / "fp16.onnx", threads)
+
+            # 3. int8: both variants from one calibration.
+            if int8:
+                from kidedge.export.calibration import SliceCalibrationReader, calibration_inputs
+                from kidedge.export.quantize import (
+                    float_node_rule,
+                    prepare_for_quantization,
+                    quantize_int8,
+                )
+
+                if calib:
+                    vols = volumes_from_dataset(calib, max_cases=calib_cases)
+                else:
+                    from kidedge.export.held_out import phantom_volume
+
+                    # Calibration phantoms use seeds 1000+, disjoint from held-out (10000+).
+                    vols = (phantom_volume(1000 + i, volume_shape, spacing) for i in range(calib_cases))
+                say(f"stage {sname}: calibrating int8 ({calib_method}) on {'--calib ' + str(calib) if calib else 'phantoms'}")
+                cin, csum = calibration_inputs(vols, st, dim, slices_per_case, depth)
+                reader = SliceCalibrationReader(cin)
+                work = tmp / ".work" / sname
+                work.mkdir(parents=True)
+                prepared = prepare_for_quantization(fp32_path, work / "prepared.onnx")
+                exclude = float_node_rule(prepared) if float_nodes == "rule" else []
+                cache = work / "calibration.json"
+                q = {"calibration": {**csum, "method": calib_method,
+                                     "source": str(calib) if calib else "phantoms"},
+                     "float_nodes_rule": "first and last Conv stay float" if float_nodes == "rule" else "none"}
+                for variant in ("int8-cpu", "int8-trt"):
+                    path = sdir / f"{variant}.onnx"
+                    q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
+                                               cpu_format=cpu_format, calibration_cache=cache)
+                    parity[variant] = compare_logits(torch_logits, run_onnx(ort_session(path, threads), x))
+                    files[variant] = {"path": f"{sname}/{variant}.onnx"}
+                    runners[variant] = _OrtRunner(path, threads)
+                    say(f"stage {sname}: {variant} argmax agreement {parity[variant]['argmax_agreement']:.4f}")
+                report["quantisation"].setdefault(sname, {}).update(q)
+
+            # 4. TensorRT.
+            if tensorrt:
+                from kidedge.export.tensorrt_build import build_stage_plans
+
+                h, w = x.shape[-2:]
+                settings = {"channels": int(x.shape[1]), "height": int(h), "width": int(w),
+                            "depth": int(x.shape[2]) if dim == "3d" else None, **(tensorrt_settings or {})}
+                onnx_for = {"fp16": fp32_path}
+                if int8:
+                    onnx_for["int8"] = sdir / "int8-trt.onnx"
+                say(f"stage {sname}: building TensorRT plans {sorted(onnx_for)}")
+                files["tensorrt"] = build_stage_plans(sdir, sname, onnx_for, settings, trt)
+
+            # 5. Fidelity against fp32 on held-out phantoms.
+            say(f"stage {sname}: fidelity on {len(held_out)} held-out cases")
+            report["fidelity"][sname] = fidelity = _fidelity(runners, held_out, st, dim)
+            report["parity"][sname] = parity
+            report["onnx"][sname] = info
+            stages.append(_manifest_stage(st, spec, x, dim, files, parity, fidelity))
+            del runners, model
+
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "name": name or run.get("recipe") or run_dir.name,
+            "architecture": "+".join(s["arch"] for s in run["stages"]),
+            "dimensionality": dim,
+            "classes": run["classes"],
+            "input_layout": "NCDHW" if dim == "3d" else "NCHW",
+            "stages": stages,
+            "provenance": {
+                "recipe": run.get("recipe"), "data": run.get("data"), "split": run.get("split"),
+                "training_metrics": run.get("metrics"), "run_dir": str(run_dir.resolve()),
+                "library_versions": _library_versions(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "export_machine": platform.platform(),
+            },
+            "export_report": report,
+        }
+        write_manifest(tmp, manifest)
+        for st in manifest["stages"]:
+            report["sizes"][st["name"]] = {p: e["bytes"] for p, e in st["files"].items() if "bytes" in e}
+        write_manifest(tmp, manifest)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"wrote {out}")
+    return 0
+
+
+def _fidelity(runners: dict, volumes, stage: dict, dim: str) -> dict:
+    from kidedge.export.fidelity import fidelity_report
+
+    return fidelity_report(runners, volumes, stage, dim)
+
+
+def _manifest_stage(st: dict, spec, x: np.ndarray, dim: str, files: dict, parity: dict, fidelity: dict) -> dict:
+    """A stage of the manifest: run.json's stage + input/output/files/reference."""
+    keep = ("name", "role", "arch", "model_kwargs", "output", "roi", "metrics")
+    stage = {k: st[k] for k in keep if k in st}
+    stage["preprocess"] = spec.to_dict()
+    stage["output"] = {"name": OUTPUT_NAME, **st["output"]}
+    fixed = spec.in_plane == "size"
+    stage["input"] = {"name": INPUT_NAME, "channels": int(x.shape[1]),
+                      "height": int(x.shape[-2]) if fixed else None,
+                      "width": int(x.shape[-1]) if fixed else None,
+                      "dtype": "float32", "layout": "NCDHW" if dim == "3d" else "NCHW"}
+    if dim == "3d":
+        stage["input"]["depth"] = int(x.shape[2])
+    stage["files"] = files
+    stage["reference"] = {"path": f"{st['name']}/reference.npz", "max_abs_tolerance": FP32_TOLERANCE,
+                          "compares": "fp32 ONNX (ONNX Runtime CPU) against PyTorch fp32 logits"}
+    stage["parity"] = parity
+    stage["fidelity"] = {p: {k: v for k, v in r.items() if k != "cases"} for p, r in fidelity.items()}
+    return stage
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished package into place (or zip it to a temp name, then rename)."""
+    if out.exists():
+        raise KidedgeError(f"{out}: appeared while exporting; refusing to overwrite")
+    # mkdtemp makes the folder private (0700); a package is an ordinary folder.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    if out.suffix.lower() != ".zip":
+        tmp.rename(out)
+        return
+    ztmp = out.with_name(f".{out.name}.partial")
+    try:
+        with zipfile.ZipFile(ztmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f.relative_to(tmp).as_posix())
+        ztmp.rename(out)
+    finally:
+        ztmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)

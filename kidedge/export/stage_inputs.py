@@ -1,0 +1,79 @@
+"""CT slices -> a stage's network input, through kidedge.preprocess (never a copy of it).
+
+Used for parity (ONNX vs PyTorch on real preprocessed slices), calibration and fidelity.
+A cascade's segment stage sees the region of interest around the labelled kidneys (grown
+by the stage's ``roi.margin_mm``), as the runtime gives it the region stage 1 found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kidedge.export.held_out import CTVolume
+from kidedge.preprocess import PreprocessSpec, context_indices, preprocess_slices
+
+#: Per-slice categories for calibration sampling.
+BACKGROUND, KIDNEY, MASS = 0, 1, 2
+
+
+def stage_spec(stage: dict) -> PreprocessSpec:
+    return PreprocessSpec.from_dict(stage["preprocess"])
+
+
+def roi_box(volume: CTVolume, stage: dict) -> tuple[slice, slice]:
+    """In-plane (rows, cols) box a stage sees: everything, or for a stage with ``roi`` the
+    box around the ROI labels of the whole volume grown by ``margin_mm``."""
+    full = (slice(0, volume.array.shape[1]), slice(0, volume.array.shape[2]))
+    roi = stage.get("roi")
+    if not roi or volume.labels is None:
+        return full
+    mask = np.isin(volume.labels, roi.get("labels", [1, 2, 3])).any(axis=0)
+    if not mask.any():
+        return full
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    margin = float(roi.get("margin_mm", 0.0))
+    mr = int(np.ceil(margin / volume.pixel_spacing[0]))
+    mc = int(np.ceil(margin / volume.pixel_spacing[1]))
+    h, w = volume.array.shape[1:]
+    return (slice(max(0, rows[0] - mr), min(h, rows[-1] + 1 + mr)),
+            slice(max(0, cols[0] - mc), min(w, cols[-1] + 1 + mc)))
+
+
+def slice_inputs(volume: CTVolume, stage: dict, indices) -> np.ndarray:
+    """2D network input ``(len(indices), C, h, w)`` float32 for the given slice indices.
+
+    Runs of consecutive indices are preprocessed together; each slice gets its ``context``
+    neighbours (edge slices repeated at the volume's ends).
+    """
+    spec = stage_spec(stage)
+    rows, cols = roi_box(volume, stage)
+    n = volume.array.shape[0]
+    indices = np.asarray(list(indices), dtype=np.int64)
+    if indices.size == 0:
+        raise ValueError("no slices selected")
+    parts = []
+    start = 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1:
+            a, b = int(indices[start]), int(indices[k - 1]) + 1
+            idx = context_indices(a, b, spec.context, n)
+            parts.append(preprocess_slices(volume.array[idx][:, rows, cols], spec, volume.pixel_spacing,
+                                           volume.slope, volume.intercept))
+            start = k
+    return np.ascontiguousarray(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+
+
+def block_input(volume: CTVolume, stage: dict, start: int, depth: int) -> np.ndarray:
+    """3D network input ``(1, C, depth, h, w)``: ``depth`` consecutive slices from ``start``."""
+    x = slice_inputs(volume, stage, range(start, start + depth))  # (D, C, h, w)
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)[None])
+
+
+def slice_categories(volume: CTVolume) -> np.ndarray:
+    """Per slice: :data:`MASS` (tumour or cyst present), :data:`KIDNEY`, or :data:`BACKGROUND`."""
+    n = volume.array.shape[0]
+    if volume.labels is None:
+        return np.zeros(n, np.int64)
+    lab = volume.labels.reshape(n, -1)
+    cat = np.where((lab == 1).any(axis=1), KIDNEY, BACKGROUND)
+    return np.where(((lab == 2) | (lab == 3)).any(axis=1), MASS, cat)

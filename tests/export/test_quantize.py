@@ -1,0 +1,107 @@
+"""int8 variants: formats, symmetry, per-channel weights, layers kept float."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from kidedge.errors import KidedgeError
+from kidedge.export.calibration import SliceCalibrationReader
+from kidedge.export.onnx_export import compare_logits, export_onnx, ort_session, run_onnx
+from kidedge.export.quantize import (
+    conv_nodes,
+    float_node_rule,
+    prepare_for_quantization,
+    quantize_int8,
+    variant_settings,
+)
+
+from .conftest import TinyUNet
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quant")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 1, 64, 64), dtype=np.float32)
+    export_onnx(TinyUNet().eval(), d / "fp32.onnx", x[:1])
+    prep = prepare_for_quantization(d / "fp32.onnx", d / "prep.onnx")
+    return d, prep, x
+
+
+def _inits(path):
+    m = onnx.load(str(path))
+    return m, {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+
+
+def test_float_rule_keeps_first_and_last_conv(prepared):
+    _, prep, _ = prepared
+    convs = conv_nodes(prep)
+    assert len(convs) == 4
+    assert float_node_rule(prep) == [convs[0], convs[-1]]
+
+
+def test_int8_trt_is_symmetric_qdq_per_channel(prepared):
+    d, prep, x = prepared
+    out = d / "trt.onnx"
+    info = quantize_int8(prep, out, SliceCalibrationReader(x), "int8-trt", "minmax", float_node_rule(prep))
+    assert info["activation_type"] == "QInt8" and info["extra_options"]["ActivationSymmetric"]
+    m, inits = _inits(out)
+    ops = [n.op_type for n in m.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "QLinearConv" not in ops
+    zero_points = [inits[n.input[2]] for n in m.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    # int8 activations/weights, int32 biases; every zero point 0 (symmetric).
+    assert zero_points and all(not z.any() for z in zero_points)
+    assert {z.dtype for z in zero_points} == {np.dtype(np.int8), np.dtype(np.int32)}
+    # Per-channel weights: a DequantizeLinear of an int8 4-D weight with one scale per output channel.
+    per_channel = [inits[n.input[1]].size for n in m.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert per_channel and all(s > 1 for s in per_channel)
+    # Kept-float convolutions still have float weights.
+    float_convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name in info["float_nodes"]]
+    assert len(float_convs) == 2 and all(inits[n.input[1]].dtype == np.float32 for n in float_convs)
+    got = run_onnx(ort_session(out), x)
+    assert compare_logits(run_onnx(ort_session(prep), x), got)["argmax_agreement"] > 0.9
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_int8_cpu_uses_uint8_activations(prepared, fmt):
+    d, prep, x = prepared
+    out = d / f"cpu-{fmt}.onnx"
+    info = quantize_int8(prep, out, SliceCalibrationReader(x), "int8-cpu", "percentile", [], cpu_format=fmt,
+                         calibration_cache=d / f"cache-{fmt}.json")
+    assert info["quant_format"] == fmt and info["reduce_range"] and info["percentile"] == 99.999
+    m, inits = _inits(out)
+    ops = {n.op_type for n in m.graph.node}
+    if fmt == "QOperator":
+        assert "QLinearConv" in ops
+    else:
+        assert "DequantizeLinear" in ops and "QLinearConv" not in ops
+    act_zero_points = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zero_points and all(z.dtype == np.uint8 for z in act_zero_points)
+    assert (d / f"cache-{fmt}.json").is_file()
+    assert run_onnx(ort_session(out), x).shape == (8, 4, 64, 64)
+
+
+def test_calibration_cache_is_reused_without_reader(prepared):
+    d, prep, x = prepared
+    cache = d / "shared-cache.json"
+    quantize_int8(prep, d / "a.onnx", SliceCalibrationReader(x), "int8-cpu", "minmax", calibration_cache=cache)
+    # No reader: the ranges can only come from the cache.
+    quantize_int8(prep, d / "b.onnx", None, "int8-trt", "minmax", calibration_cache=cache)
+    assert (d / "b.onnx").is_file()
+
+
+def test_bad_settings_are_user_errors(prepared):
+    d, prep, x = prepared
+    with pytest.raises(KidedgeError, match="calibration method"):
+        quantize_int8(prep, d / "x.onnx", SliceCalibrationReader(x), "int8-cpu", "median")
+    with pytest.raises(KidedgeError, match="unknown int8 variant"):
+        variant_settings("int4")
+    with pytest.raises(KidedgeError, match="format"):
+        variant_settings("int8-cpu", cpu_format="QWhatever")
