@@ -25,3 +25,14 @@ def cascade_package(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def shared_data():
+    """../shared/data beside the project root; the test is skipped when it is absent."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not root.is_dir():
+        pytest.skip("../shared/data is not available")
+    return root

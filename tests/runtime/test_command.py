@@ -250,3 +250,10 @@ def test_cli_subprocess_one_line_error(tmp_path, single_package):
     assert r.returncode == 2
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("kidedge: error")]
     assert len(err) == 1 and "Traceback" not in r.stderr
+
+
+def test_cli_says_which_backend_auto_picked(tmp_path, ct_case, single_package):
+    r = _run_cli([ct_case[0], "-o", tmp_path / "o", "--model", single_package])
+    assert r.exit_code == 0, r.stderr
+    assert "onnxruntime (cpu, fp32) [auto: fastest available" in r.stderr
+    assert "p50" in r.stdout and "peak RSS" in r.stdout
