@@ -69,3 +69,44 @@ def test_profiler_records_stages_latency_and_memory():
     assert r["gpu"] is None and r["energy"]["joules"] is None
     text = format_summary({"scan": "x", "shape": [6, 8, 8], "backend": "b", "profile": r})
     assert "p50 10.0 ms" in text and "peak RSS" in text
+
+
+def test_nvml_path_with_a_stand_in_pynvml(monkeypatch):
+    """The NVML code path, with a stand-in module (no GPU here): peak memory and energy."""
+    import types
+
+    state = {"used": 1000 * 2**20, "energy_mj": 50_000}
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: "h",
+        nvmlDeviceGetName=lambda h: b"Stand-in GPU",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=state["used"]),
+        nvmlDeviceGetPowerUsage=lambda h: 150_000,
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: state["energy_mj"],
+    )
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", fake)
+    with Profiler(interval_s=0.005, power=False) as prof:
+        state["used"] = 3000 * 2**20
+        time.sleep(0.05)
+        state["used"] = 1200 * 2**20
+        state["energy_mj"] = 62_500
+    r = prof.result(1)
+    assert r["gpu"]["name"] == "Stand-in GPU"
+    assert r["gpu"]["peak_memory_mb"] == 3000.0 and r["gpu"]["peak_memory_above_start_mb"] == 2000.0
+    assert r["energy"]["joules"] == pytest.approx(12.5) and "nvml" in r["energy"]["source"]
+
+
+def test_tegrastats_path_with_a_stand_in_executable(tmp_path, monkeypatch):
+    """The Jetson code path: a stand-in `tegrastats` on PATH prints Orin-style lines."""
+    exe = tmp_path / "tegrastats"
+    exe.write_text("#!/bin/sh\nwhile true; do echo 'RAM 1/2MB VDD_IN 4000mW/4000mW VDD_SOC 900mW/900mW'; "
+                   "sleep 0.02; done\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    with Profiler(interval_s=0.01, gpu=False) as prof:
+        time.sleep(0.5)
+    e = prof.result(1)["energy"]
+    assert e["source"].startswith("tegrastats")
+    assert e["mean_power_w"] == pytest.approx(4.0)
+    # about 4 W over the ~0.4 s between the first and last sample
+    assert 0.8 < e["joules"] < 2.4
