@@ -149,15 +149,23 @@ class _NvmlSampler:
 
 
 class _TegrastatsSampler:
-    """Module power on a Jetson from a ``tegrastats`` child process."""
+    """Module power on a Jetson from a ``tegrastats`` child process.
+
+    tegrastats prints one line per interval; through a pipe its output may be block
+    buffered (``stdbuf -oL`` asks for lines where available), so arrival times are not
+    sample times. Energy is therefore the mean power of the lines received times the
+    run's wall time, not an integral over arrival times.
+    """
 
     def __init__(self, interval_ms: int = 100) -> None:
         exe = shutil.which("tegrastats")
         if exe is None:
             raise FileNotFoundError("tegrastats")
-        self.proc = subprocess.Popen([exe, "--interval", str(interval_ms)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
-        self.samples: list[tuple[float, float]] = []
+        cmd = [exe, "--interval", str(interval_ms)]
+        if shutil.which("stdbuf"):
+            cmd = [shutil.which("stdbuf"), "-oL", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.watts: list[float] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -165,18 +173,18 @@ class _TegrastatsSampler:
         for line in self.proc.stdout:
             mw = tegrastats_total_mw(parse_tegrastats_line(line))
             if mw is not None:
-                self.samples.append((time.perf_counter(), mw / 1000.0))
+                self.watts.append(mw / 1000.0)
 
-    def stop(self) -> dict | None:
+    def stop(self, wall_s: float) -> dict | None:
         self.proc.terminate()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=2)
         self.thread.join(timeout=2)
-        j = integrate_energy_j(self.samples)
-        if j is None:
+        if not self.watts:
             return None
-        return {"joules": round(j, 3), "source": "tegrastats (whole module)",
-                "mean_power_w": round(float(np.mean([s[1] for s in self.samples])), 3)}
+        mean_w = float(np.mean(self.watts))
+        return {"joules": round(mean_w * wall_s, 3), "source": "tegrastats (whole module)",
+                "mean_power_w": round(mean_w, 3), "samples": len(self.watts)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,7 +264,7 @@ class Profiler:
         if self._nvml is not None:
             self._gpu, self._energy = self._nvml.result()
         if self._tegra is not None:
-            self._energy = self._tegra.stop() or self._energy
+            self._energy = self._tegra.stop(self.wall_s) or self._energy
 
     def __enter__(self) -> Profiler:
         return self.start()
