@@ -135,23 +135,29 @@ def load_nifti(path: Path) -> Scan:
             f"{path}: truncated file ({size} bytes, the header needs {offset + layout.nbytes})"
         )
 
+    is_float = file_dtype.kind == "f"
+    if is_float:
+        # NaN/Inf must be found before anything is computed from them, and only reading
+        # every voxel finds them: float files are read at load (as int16 when lossless)
+        native = read_float_volume(layout)
+        loader, dtype = (lambda: read_float_volume(layout)), native.dtype
+    else:
+        loader, dtype = (lambda: read_volume(layout)), file_dtype.newbyteorder("=")
     scan = Scan(
         source=path,
         affine=affine,
         native_shape=shape,
-        dtype=file_dtype.newbyteorder("="),
+        dtype=dtype,
         slope=slope,
         intercept=inter,
-        loader=lambda: read_volume(layout),
+        loader=loader,
         format="nifti",
         header=hdr,
         file_shape=file_shape,
         layout=layout,
     )
-    if file_dtype.kind == "f":
-        # NaN/Inf must be found before anything is computed from them, and only reading
-        # every voxel finds them: float files are read at load.
-        check_finite(path, scan.native)
+    if is_float:
+        scan._native = native
     return scan
 
 
@@ -217,6 +223,60 @@ def read_volume(layout: NiftiLayout) -> np.ndarray:
     except OSError as exc:
         raise KidedgeError(f"{layout.path}: cannot read ({_problem(layout.path, exc)})") from exc
     return to_native_byte_order(arr)
+
+
+def _float_chunks(layout: NiftiLayout, chunk_voxels: int = _FINITE_CHECK_VOXELS):
+    """The voxels of a file in storage order, a few million at a time (native byte order)."""
+    total = int(np.prod(layout.shape))
+    buf = np.empty(min(chunk_voxels, total), dtype=layout.file_dtype)
+    try:
+        if layout.compressed:
+            with GzipReader(layout.path) as reader:
+                reader.skip(layout.offset)
+                for start in range(0, total, len(buf)):
+                    part = buf[: min(len(buf), total - start)]
+                    reader.readinto(part)
+                    yield to_native_byte_order(part.copy())
+                reader.finish()
+        else:
+            with open(layout.path, "rb") as f:
+                f.seek(layout.offset)
+                for start in range(0, total, len(buf)):
+                    part = buf[: min(len(buf), total - start)]
+                    if f.readinto(memoryview(part).cast("B")) != part.nbytes:
+                        raise KidedgeError(f"{layout.path}: truncated file")
+                    yield to_native_byte_order(part.copy())
+    except GzipDataError as exc:
+        raise KidedgeError(f"{layout.path}: truncated or corrupt gzip ({exc})") from exc
+    except OSError as exc:
+        raise KidedgeError(f"{layout.path}: cannot read ({_problem(layout.path, exc)})") from exc
+
+
+def read_float_volume(layout: NiftiLayout) -> np.ndarray:
+    """Read a float file, refusing NaN/Inf; int16 when every value is an integer in range.
+
+    Many tools save CT as float32 (or float64) holding whole Hounsfield units; int16 holds
+    them exactly in a quarter (an eighth) of the memory, and ``slope``/``intercept`` apply
+    unchanged. A single fractional or out-of-range value keeps the file's float dtype (a
+    second read of the file).
+    """
+    out = np.empty(layout.shape, dtype=np.int16, order="F")
+    flat = out.reshape(-1, order="A")
+    pos = 0
+    for chunk in _float_chunks(layout):
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            raise KidedgeError(f"{layout.path}: NaN or infinite voxels")
+        if chunk.min() < -32768 or chunk.max() > 32767 or np.any(np.rint(chunk) != chunk):
+            break
+        flat[pos : pos + chunk.size] = chunk
+        pos += chunk.size
+    else:
+        return out
+    del out, flat
+    arr = read_volume(layout)
+    check_finite(layout.path, arr)
+    return arr
 
 
 def read_slices_into(fd: int, layout: NiftiLayout, first: int, out: np.ndarray) -> None:

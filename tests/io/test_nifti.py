@@ -109,10 +109,20 @@ def test_trailing_singleton_4d_is_squeezed_and_written_back_4d(tmp_path):
     assert nib.load(out).shape == (10, 12, 7, 1)
 
 
-def test_float_volume_is_kept_float_and_finite_checked(tmp_path):
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_float_file_of_whole_hu_is_held_as_int16(tmp_path, ext):
     vol = random_volume((7, 8, 9)).astype(np.float32)
+    scan = load_scan(write_nifti(tmp_path / f"f{ext}", vol, kits19_affine()))
+    assert scan.is_loaded and scan.array.dtype == np.int16 and scan.dtype == np.int16
+    np.testing.assert_array_equal(scan.array, vol)
+
+
+@pytest.mark.parametrize("change", ["fraction", "out of int16"])
+def test_float_file_with_other_values_stays_float(tmp_path, change):
+    vol = random_volume((7, 8, 9)).astype(np.float64)
+    vol[6, 7, 8] = 0.25 if change == "fraction" else 40000.0  # the very last voxel
     scan = load_scan(write_nifti(tmp_path / "f.nii.gz", vol, kits19_affine()))
-    assert scan.is_loaded and scan.array.dtype == np.float32
+    assert scan.array.dtype == np.float64
     np.testing.assert_array_equal(scan.array, vol)
 
 

@@ -110,7 +110,7 @@ def test_corrupt_gzip_data_is_reported_while_streaming(tmp_path):
 
 
 def test_float_streaming_keeps_dtype(tmp_path):
-    vol = random_volume((9, 11, 23)).astype(np.float32)
+    vol = random_volume((9, 11, 23)).astype(np.float32) + 0.5  # not integers: stays float
     src = write_nifti(tmp_path / "f.nii", vol, ras_affine())
     scan = load_scan(src)
     slabs = list(SlabReader(scan, slab_size=8))
