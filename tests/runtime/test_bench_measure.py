@@ -52,3 +52,15 @@ def test_bench_imports_without_torch():
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_bench_command_bad_model_is_one_line_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from kidedge.cli import main
+
+    r = CliRunner().invoke(main, ["bench", "--quick", "--model", str(tmp_path / "no-such-package"),
+                                  "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2
+    assert "no-such-package" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

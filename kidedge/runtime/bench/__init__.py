@@ -398,11 +398,22 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
         "summary": summary,
         "targets": evaluate_targets(scans, variants, summary),
         "not_measured": _not_measured(machine),
+        "notes": _notes(package),
         "runs": [{k: v for k, v in r.items() if k != "profile"} for r in runs],
     }
     paths = write_report(results, out)
     echo(f"kidedge bench: wrote {paths['md']} and {paths['json']}")
     return 0
+
+
+def _notes(package) -> list[str]:
+    notes = []
+    if "untrained" in package.name:
+        notes.append("This package has untrained (random) weights: latency and memory per slice are those of the "
+                     "trained networks (same architecture and input sizes), but Dice against the truth is "
+                     "meaningless and cascade gating is not representative (an untrained localiser finds "
+                     "'kidney' nowhere or everywhere, so stage 2 runs on none or all of the slices).")
+    return notes
 
 
 def _not_measured(machine: dict) -> list[str]:

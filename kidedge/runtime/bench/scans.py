@@ -25,7 +25,7 @@ from kidedge.errors import KidedgeError
 #: Slice counts of the full benchmark (issue 7: about 60, 250 and 600 or more).
 FULL_TARGETS = (60, 250, 600)
 #: The quick benchmark: one small scan.
-QUICK_TARGETS = (40,)
+QUICK_TARGETS = (30,)
 #: In-plane size of synthetic scans (KiTS19 slices are 512 x 512).
 SYNTHETIC_ROWS_COLS = (512, 512)
 #: Synthetic scans: 3 mm slices and a 400 mm field of view (0.78 mm pixels at 512 x 512),

@@ -1,0 +1,63 @@
+"""Latency benchmark: kidedge against the papers' way and MONAI (issue 7).
+
+A thin script over :func:`kidedge.runtime.bench.run_bench` (what ``kidedge bench`` runs),
+with the knobs a benchmark session needs. Results go to
+``benchmarks/results/<machine>/`` (bench.json, bench.md, latency.png, memory.png).
+
+    .venv/bin/python benchmarks/run_bench.py                 # full: ~60, 250, 600+ slices
+    .venv/bin/python benchmarks/run_bench.py --quick         # one small scan, < 2 min idle
+    .venv/bin/python benchmarks/run_bench.py --untrained     # no shipped package yet: export
+                                                             # kidedge_default untrained first
+
+Without ``--model`` the package shipped in kidedge is used; ``--untrained`` exports the
+kidedge_default networks with random weights instead (same work per slice, so the same
+latency and memory, but meaningless Dice and cascade gating; the report says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one small scan, few variants, one run each")
+    ap.add_argument("--model", help="model package (default: the one shipped in kidedge)")
+    ap.add_argument("--untrained", action="store_true",
+                    help="export kidedge_default with random weights into the cache and bench that")
+    ap.add_argument("--labels", help="real label maps for the phantoms (default ../shared/data/kits19-labels)")
+    ap.add_argument("--out", help="results folder (default benchmarks/results/<machine>[/quick])")
+    ap.add_argument("--work-dir", help="scan and output cache (default ~/.cache/kidedge/bench)")
+    ap.add_argument("--targets", help="slice counts, comma-separated (default 60,250,600)")
+    ap.add_argument("--repeats", type=int, help="runs per cheap variant on short scans (default 3)")
+    ap.add_argument("--only", help="variant names to run, comma-separated")
+    args = ap.parse_args()
+
+    from kidedge.errors import KidedgeError
+    from kidedge.runtime.bench import run_bench
+
+    model = args.model
+    work = Path(args.work_dir or os.environ.get("KIDEDGE_BENCH_CACHE", Path.home() / ".cache" / "kidedge" / "bench"))
+    try:
+        if args.untrained and model is None:
+            model = work / "packages" / "kidedge_default-untrained"
+            if not model.exists():
+                from kidedge.runtime.bench.untrained_package import export_untrained_package
+
+                print(f"exporting kidedge_default with random weights to {model}", file=sys.stderr)
+                # minmax: the percentile calibrator of onnxruntime 1.32 fails on stage-2 ROI crops of
+                # differing sizes (seen 11:40 UTC); minmax handles them.
+                export_untrained_package(model, int8=True, calib_method="minmax")
+        return run_bench(quick=args.quick, out=args.out, model=model, labels=args.labels, work_dir=work,
+                         targets=tuple(int(t) for t in args.targets.split(",")) if args.targets else None,
+                         repeats=args.repeats, only=args.only.split(",") if args.only else None)
+    except KidedgeError as exc:
+        print(f"run_bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
