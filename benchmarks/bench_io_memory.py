@@ -10,6 +10,8 @@ Layouts (NIfTI stores the FIRST array axis fastest):
   slice axis varies fastest, so no slice is contiguous and the volume is read whole.
 - "slice-last": shape (512, 512, 600), RAS (x, y, z) as dcm2niix writes: each slice is one
   contiguous block, so slabs can be streamed.
+- "kits19-float32": the KiTS19 layout saved as float32 (as many tools write CT): read
+  whole and held as int16, since every value is a whole number of HU.
 
 Every scenario also checksums every voxel it read, and the checksums must agree (all
 scenarios read the same volume), so no scenario can skip work.
@@ -39,6 +41,7 @@ SCENARIOS = {
     "slicelast-gz/SlabReader-file-order": ("slicelast.nii.gz", "SlabReader(scan, 16, context=2, order='file') (strategy 'gzip-stream')"),
     "slicelast-nii/SlabReader-ascending": ("slicelast.nii", "SlabReader(scan, 16, context=2) over an uncompressed .nii (strategy 'pread')"),
     "slicelast-nii/load_scan-whole": ("slicelast.nii", "load_scan(path).array, uncompressed .nii"),
+    "kits19-float32-gz/load_scan-whole": ("kits19_float32.nii.gz", "load_scan(path).array of the same volume saved as float32 (held as int16: lossless)"),
     "kits19-gz/nibabel-asanyarray": ("kits19.nii.gz", "reference: np.asanyarray(nib.load(path).dataobj) (nibabel's own gzip read)"),
     "kits19-gz/nibabel-get_fdata": ("kits19.nii.gz", "reference: nib.load(path).get_fdata() (float64, what many pipelines do)"),
 }
@@ -132,6 +135,10 @@ def _make_files(folder: Path, n_slices: int) -> dict:
     s = 2.0
     kits_affine = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-s, 0, 0, 0], [0, 0, 0, 1.0]])
     nib.save(nib.Nifti1Image(kits, kits_affine), str(folder / "kits19.nii.gz"))
+    as_float = nib.Nifti1Image(kits, kits_affine)
+    as_float.set_data_dtype(np.float32)  # converted while writing: no float copy here
+    nib.save(as_float, str(folder / "kits19_float32.nii.gz"))
+    del as_float
     # the same anatomy as a RAS (x, y, z) file: x = reversed column, y = reversed row,
     # z = reversed slice
     ras = np.ascontiguousarray(kits.transpose(2, 1, 0)[::-1, ::-1, ::-1])
@@ -141,7 +148,7 @@ def _make_files(folder: Path, n_slices: int) -> dict:
     img = nib.Nifti1Image(ras, ras_affine)
     nib.save(img, str(folder / "slicelast.nii.gz"))
     nib.save(img, str(folder / "slicelast.nii"))
-    return {name: (folder / name).stat().st_size for name in ("kits19.nii.gz", "slicelast.nii.gz", "slicelast.nii")}
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
 
 
 def main() -> int:

@@ -225,8 +225,11 @@ def read_volume(layout: NiftiLayout) -> np.ndarray:
     return to_native_byte_order(arr)
 
 
-def _float_chunks(layout: NiftiLayout, chunk_voxels: int = _FINITE_CHECK_VOXELS):
-    """The voxels of a file in storage order, a few million at a time (native byte order)."""
+def _float_chunks(layout: NiftiLayout, chunk_voxels: int = 1024 * 1024):
+    """The voxels of a file in storage order, a million at a time (native byte order).
+
+    Each chunk is a view of one reused buffer: use it before asking for the next.
+    """
     total = int(np.prod(layout.shape))
     buf = np.empty(min(chunk_voxels, total), dtype=layout.file_dtype)
     try:
@@ -236,7 +239,7 @@ def _float_chunks(layout: NiftiLayout, chunk_voxels: int = _FINITE_CHECK_VOXELS)
                 for start in range(0, total, len(buf)):
                     part = buf[: min(len(buf), total - start)]
                     reader.readinto(part)
-                    yield to_native_byte_order(part.copy())
+                    yield to_native_byte_order(part)
                 reader.finish()
         else:
             with open(layout.path, "rb") as f:
@@ -245,7 +248,7 @@ def _float_chunks(layout: NiftiLayout, chunk_voxels: int = _FINITE_CHECK_VOXELS)
                     part = buf[: min(len(buf), total - start)]
                     if f.readinto(memoryview(part).cast("B")) != part.nbytes:
                         raise KidedgeError(f"{layout.path}: truncated file")
-                    yield to_native_byte_order(part.copy())
+                    yield to_native_byte_order(part)
     except GzipDataError as exc:
         raise KidedgeError(f"{layout.path}: truncated or corrupt gzip ({exc})") from exc
     except OSError as exc:

@@ -8,7 +8,8 @@ column) view of the native-dtype data, and Hounsfield units are
 NIfTI voxels are read lazily: ``load_scan`` checks the header, the geometry and the gzip
 trailer (cheap); the data is read on first access to ``array``/``native``, or slab by
 slab with :class:`kidedge.io.SlabReader` without ever holding the whole volume. Float
-NIfTI files are the exception: they are read (and checked for NaN) at load.
+NIfTI files are the exception: they are read (and checked for NaN) at load, and held as
+int16 when every value is a whole number in int16's range (lossless).
 """
 
 from __future__ import annotations
