@@ -168,3 +168,16 @@ def test_oblique_scan_round_trips(tmp_path):
     out = save_segmentation((scan.array % 3).astype(np.uint8), scan, tmp_path / "seg.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), (vol % 3).astype(np.uint8))
     np.testing.assert_allclose(nib.load(out).affine, nib.load(src).affine)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_big_endian_float_file(tmp_path, dtype):
+    vol = random_volume((7, 8, 9)).astype(np.float64)
+    for name, data in (("whole", vol), ("frac", vol + 0.5)):
+        img = nib.Nifti1Image(data.astype(dtype), kits19_affine())
+        img.set_data_dtype(np.dtype(dtype))
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+        scan = load_scan(tmp_path / f"{name}.nii.gz")
+        assert scan.array.dtype.isnative
+        assert (scan.array.dtype == np.int16) == (name == "whole")
+        np.testing.assert_array_equal(scan.array, data)
