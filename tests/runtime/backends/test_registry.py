@@ -70,3 +70,28 @@ def test_match_plan_needs_same_tensorrt_version_and_gpu():
     assert match_plan(plans, "10.3.0", "NVIDIA A100") is None
     assert match_plan({}, "10.3.0", "NVIDIA Orin") is None
     assert match_plan(plans, None, None) is None
+
+
+def test_tensorrt_backend_without_tensorrt_says_what_to_install(tmp_path):
+    import importlib.util
+
+    from kidedge.runtime.backends.base import BackendUnavailable
+    from kidedge.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    if importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None:
+        pytest.skip("TensorRT is installed here")
+    plan = tmp_path / "x.plan"
+    plan.write_bytes(b"not a plan")
+    with pytest.raises(BackendUnavailable, match="kidedge\\[tensorrt\\]"):
+        TensorRTBackend(plan).activate()
+
+
+def test_torch_fp16_needs_cuda(tmp_path):
+    pytest.importorskip("torch")
+    from kidedge.runtime.backends.base import BackendUnavailable
+    from kidedge.runtime.backends.torch_backend import TorchBackend
+
+    b = TorchBackend("squeezenet_unet", {"classes": 4}, tmp_path / "none.pt", device="cpu", precision="fp16")
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        b.activate()
+    assert not b.is_active
