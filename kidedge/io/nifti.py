@@ -16,7 +16,6 @@ refused.
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -282,24 +281,17 @@ def read_float_volume(layout: NiftiLayout) -> np.ndarray:
     return arr
 
 
-def read_slices_into(fd: int, layout: NiftiLayout, first: int, out: np.ndarray) -> None:
+def read_slices_into(f, layout: NiftiLayout, first: int, out: np.ndarray) -> None:
     """Read native last-axis planes ``first .. first + out.shape[2]`` of an UNCOMPRESSED file.
 
     Args:
-        fd: an open file descriptor of ``layout.path``.
+        f: the file ``layout.path``, open in binary mode.
         out: Fortran-ordered (nx, ny, m) array of the file dtype to fill.
     """
-    start = layout.offset + first * layout.slice_bytes()
     view = memoryview(out.reshape(-1, order="A")).cast("B")
-    n = os.preadv(fd, [view], start) if hasattr(os, "preadv") else _pread_into(fd, view, start)
-    if n != len(view):
+    f.seek(layout.offset + first * layout.slice_bytes())
+    if f.readinto(view) != len(view):
         raise KidedgeError(f"{layout.path}: truncated file (slices {first}.. could not be read)")
-
-
-def _pread_into(fd: int, view: memoryview, start: int) -> int:
-    data = os.pread(fd, len(view), start)
-    view[: len(data)] = data
-    return len(data)
 
 
 def check_finite(source: Path, arr: np.ndarray) -> None:

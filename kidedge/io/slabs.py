@@ -3,7 +3,7 @@
 How a scan is read depends on where its slices sit in the file (``SlabReader.strategy``):
 
 - ``"pread"``: uncompressed .nii whose slice axis is the last (slowest) array axis: each
-  slab is read with one positioned read; memory is one slab.
+  slab is read with one seek and one read; memory is one slab.
 - ``"gzip-stream"``: .nii.gz, slice axis last, slabs asked for in file order: the stream
   is decompressed once, front to back, one slab at a time.
 - ``"gzip-indexed"``: .nii.gz, slice axis last, but canonical order runs backwards
@@ -27,7 +27,6 @@ the stream's CRC is checked after the last slab.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -173,7 +172,7 @@ class _NativeSlices:
         self.plane_bytes = layout.slice_bytes()
         self._keep = 2 * context
         self._cache: list[tuple[int, int, np.ndarray]] = []  # (native n0, n1, planes)
-        self._fd = None
+        self._file = None
         self._gz: GzipReader | None = None
         self._next = -1  # native slice at the gzip reader's position (-1: not positioned)
         # restart points and "CRC verified" live on the Scan, so a second pass over the same
@@ -182,7 +181,7 @@ class _NativeSlices:
         self._every = slab_size
         try:
             if strategy == "pread":
-                self._fd = os.open(layout.path, os.O_RDONLY)
+                self._file = open(layout.path, "rb")  # noqa: SIM115 - closed in close()
             else:
                 self._gz = GzipReader(layout.path)
                 if strategy == "gzip-indexed" and not self._index.complete:
@@ -215,9 +214,9 @@ class _NativeSlices:
         self._index.complete = self._index.verified = True
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._gz is not None:
             self._gz.close()
             self._gz = None
@@ -273,7 +272,7 @@ class _NativeSlices:
 
     def _read(self, first: int, out: np.ndarray) -> None:
         if self.strategy == "pread":
-            read_slices_into(self._fd, self.layout, first, out)
+            read_slices_into(self._file, self.layout, first, out)
             return
         gz = self._gz
         if self._next < 0:
