@@ -34,7 +34,18 @@ def main() -> int:
     ap.add_argument("--targets", help="slice counts, comma-separated (default 60,250,600)")
     ap.add_argument("--repeats", type=int, help="runs per cheap variant on short scans (default 3)")
     ap.add_argument("--only", help="variant names to run, comma-separated")
+    ap.add_argument("--rewrite-report", metavar="DIR",
+                    help="re-render DIR/bench.md and the plots from DIR/bench.json (no measuring)")
     args = ap.parse_args()
+
+    if args.rewrite_report:
+        import json
+
+        from kidedge.runtime.bench.report import write_report
+
+        folder = Path(args.rewrite_report)
+        write_report(json.loads((folder / "bench.json").read_text()), folder)
+        return 0
 
     from kidedge.errors import KidedgeError
     from kidedge.runtime.bench import run_bench

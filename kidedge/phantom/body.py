@@ -176,6 +176,7 @@ class SlicePainter:
         self.X = (np.arange(cols, dtype=np.float32) * plan.spacing[2])[None, :]
         self.Y = (np.arange(rows, dtype=np.float32) * plan.spacing[1])[:, None]
         # ~3 mm coarse nodes for the smooth outline computations.
+        self.wobble = None
         self.coarse = CoarseGrid(rows, cols, max(1, min(8, int(3.0 / min(plan.spacing[1:])))))
 
     # -- primitives ---------------------------------------------------------------
@@ -189,16 +190,19 @@ class SlicePainter:
             return None
         return slice(r0, r1), slice(c0, c1)
 
-    def ellipse(self, codes, code, cx, cy, rx, ry, angle=0.0, where=None, only=None):
+    def ellipse(self, codes, code, cx, cy, rx, ry, angle=0.0, where=None, only=None, wob=0.0):
         """Set ``code`` inside an ellipse (radii rx, ry mm, rotated by angle rad).
 
         ``where``: optional full-slice bool mask to intersect with; ``only``: optional
-        tuple of codes that may be overwritten.
+        tuple of codes that may be overwritten; ``wob``: how much the slice's smooth
+        "wobble" field bends the outline (organs are not ellipses, and a model must not
+        learn that only kidneys have irregular outlines).
         """
         if rx <= 0 or ry <= 0:
             return
+        grow = math.sqrt(1.0 + 3.0 * wob)  # the wobble can push the outline out
         r = max(rx, ry) if angle else None
-        box = self._box(cx, cy, r or rx, r or ry)
+        box = self._box(cx, cy, (r or rx) * grow, (r or ry) * grow)
         if box is None:
             return
         rs, cs = box
@@ -210,7 +214,10 @@ class SlicePainter:
             v = -dx * sa + dy * ca
         else:
             u, v = dx, dy
-        m = (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
+        if wob and self.wobble is not None:
+            m = (u / rx) ** 2 + (v / ry) ** 2 <= 1.0 + wob * self.wobble[rs, cs]
+        else:
+            m = (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
         if where is not None:
             m &= where[rs, cs]
         view = codes[rs, cs]
@@ -275,12 +282,14 @@ class SlicePainter:
                           - 0.35 * np.clip(s, 0, None))
         return g.up(depth), g.up(depth - fat)
 
-    def paint(self, k: int, fields) -> np.ndarray:
+    def paint(self, k: int, fields, wobble=None) -> np.ndarray:
         """Tissue codes (uint8, rows x cols) of slice ``k`` without the kidneys' interior.
 
-        ``fields`` is the case's ``SmoothField`` with channels (bowel, content, vessel).
+        ``fields`` is the case's ``SmoothField`` with channels (bowel, content, vessel);
+        ``wobble`` an optional coarser one-channel ``SmoothField`` that bends organ outlines.
         """
         p, st = self.p, self.style
+        self.wobble = wobble.slice(k)[0] if wobble is not None else None
         zk = p.zk(k)
         codes = np.zeros((self.rows, self.cols), np.uint8)
         depth, below_fat = self.outline_depth(k)
@@ -301,7 +310,7 @@ class SlicePainter:
             if zk > p.dome_zk + 10:
                 # Mediastinum and heart.
                 hr = min(60.0, (zk - p.dome_zk - 10) * 1.2 + 25)
-                self.ellipse(codes, T.MYOCARDIUM, p.cx + 0.15 * W, p.cy - 0.25 * Hb, hr * 1.1, hr * 0.85, 0.5, where=cavity)
+                self.ellipse(codes, T.MYOCARDIUM, p.cx + 0.15 * W, p.cy - 0.25 * Hb, hr * 1.1, hr * 0.85, 0.5, where=cavity, wob=0.1)
                 self.ellipse(codes, T.HEART_BLOOD, p.cx + 0.15 * W, p.cy - 0.25 * Hb, hr * 0.75, hr * 0.55, 0.5, where=cavity)
                 self.ellipse(codes, T.VISCERAL_FAT, p.sx, p.sy - p.vry - 25, 28, 30, where=cavity)
 
@@ -331,40 +340,41 @@ class SlicePainter:
                 ccx = p.cx + side * 0.62 * W
                 ccy = p.cy + 0.05 * Hb
                 r = 18 + 6 * math.sin(zk / 23.0 + side)
-                self.ellipse(codes, T.BOWEL_WALL, ccx, ccy, r + 3, r * 0.9 + 3, where=cavity)
-                self.ellipse(codes, T.FAECES, ccx, ccy, r, r * 0.9, where=cavity)
+                self.ellipse(codes, T.BOWEL_WALL, ccx, ccy, r + 3, r * 0.9 + 3, where=cavity, wob=0.15)
+                self.ellipse(codes, T.FAECES, ccx, ccy, r, r * 0.9, where=cavity, wob=0.15)
                 self.ellipse(codes, T.BOWEL_AIR, ccx, ccy - r * 0.45, r * 0.7, r * 0.4, where=cavity, only=(T.FAECES,))
 
         # Liver (patient's right = low x) and gallbladder.
         if p.liver_low_zk < zk < p.dome_zk:
             t = (zk - p.liver_low_zk) / (p.dome_zk - p.liver_low_zk)
-            size = p.liver_size * min(1.0, 3.0 * (1 - t) + 0.15) * min(1.0, 0.35 + 1.3 * t)
-            low = 1 - min(1.0, 2.5 * t)  # the tip sits lateral and posterior
-            lcx = p.cx - (0.38 + 0.25 * low) * W
-            lcy = p.cy - 0.05 * Hb + 0.25 * low * Hb
-            self.ellipse(codes, T.LIVER, lcx, lcy, 0.75 * W * size, 0.95 * Hb * size, 0.2, where=cavity)
+            size = p.liver_size * min(1.0, 3.0 * (1 - t) + 0.15) * min(1.0, 0.3 + 1.4 * t)
+            low = 1 - min(1.0, 2.2 * t)  # the lower liver is the right lobe, lateral and back
+            lcx = p.cx - (0.35 + 0.3 * low) * W
+            lcy = p.cy - 0.05 * Hb + 0.2 * low * Hb
+            self.ellipse(codes, T.LIVER, lcx, lcy, (0.7 - 0.35 * low) * W * size,
+                         (0.95 - 0.35 * low) * Hb * size, 0.2, where=cavity, wob=0.15)
             gb = p.gallbladder
             if gb is not None and abs(zk - gb[2]) < gb[3]:
                 rr = math.sqrt(gb[3] ** 2 - (zk - gb[2]) ** 2)
-                self.ellipse(codes, T.GALLBLADDER, p.cx + gb[0] * W, p.cy + gb[1] * Hb, rr, rr * 1.3, where=cavity)
+                self.ellipse(codes, T.GALLBLADDER, p.cx + gb[0] * W, p.cy + gb[1] * Hb, rr, rr * 1.3, where=cavity, wob=0.1)
         # Spleen (left, posterior) and stomach (left, anterior).
         if p.spleen_low_zk < zk < p.spleen_top_zk:
             t = (zk - p.spleen_low_zk) / (p.spleen_top_zk - p.spleen_low_zk)
             size = p.spleen_size * math.sin(math.pi * t) ** 0.6
             self.ellipse(codes, T.SPLEEN, p.cx + 0.62 * W, p.cy + 0.3 * Hb, 0.2 * W * size + 4,
-                         0.42 * Hb * size + 4, -0.7, where=cavity)
+                         0.42 * Hb * size + 4, -0.7, where=cavity, wob=0.2)
         if 15 < zk < p.dome_zk - 5:
             t = (zk - 15) / max(p.dome_zk - 20, 1)
             r = 45 * math.sin(math.pi * min(max(t, 0), 1)) ** 0.5 + 5
             scx, scy = p.cx + 0.3 * W, p.cy - 0.3 * Hb
-            self.ellipse(codes, T.BOWEL_WALL, scx, scy, r + 4, r * 0.8 + 4, where=cavity)
+            self.ellipse(codes, T.BOWEL_WALL, scx, scy, r + 4, r * 0.8 + 4, where=cavity, wob=0.12)
             self.ellipse(codes, T.BOWEL_FLUID if st.oral_contrast == 0 else T.BOWEL_CONTRAST,
-                         scx, scy, r, r * 0.8, where=cavity)
+                         scx, scy, r, r * 0.8, where=cavity, wob=0.12)
             # Gas rises to the front of a supine patient.
             self.ellipse(codes, T.BOWEL_AIR, scx, scy - 0.5 * r, r * 0.9, r * 0.45, where=cavity,
                          only=(T.BOWEL_FLUID, T.BOWEL_CONTRAST))
         if -15 < zk < 40:
-            self.ellipse(codes, T.PANCREAS, p.sx + 25, p.sy - p.vry - 40, 60, 11, -0.35, where=cavity)
+            self.ellipse(codes, T.PANCREAS, p.sx + 25, p.sy - p.vry - 40, 60, 11, -0.35, where=cavity, wob=0.3)
 
         # Liver vessels: the zero set of a smooth field gives branching tubes.
         lv = codes == T.LIVER
@@ -402,12 +412,12 @@ class SlicePainter:
         if zk < 35:
             r = min(6 + (35 - zk) * 0.12, 27)
             for side in (-1, 1):
-                self.ellipse(codes, T.MUSCLE, p.sx + side * (p.vrx + r * 0.85), p.sy - 0.15 * p.vry, r, r * 0.85, where=body)
+                self.ellipse(codes, T.MUSCLE, p.sx + side * (p.vrx + r * 0.85), p.sy - 0.15 * p.vry, r, r * 0.85, where=body, wob=0.08)
         if -150 < zk < 40:
             for side in (-1, 1):
-                self.ellipse(codes, T.MUSCLE, p.sx + side * 68, p.sy + p.vry + 18, 18, 10, side * 0.5, where=body)
+                self.ellipse(codes, T.MUSCLE, p.sx + side * 68, p.sy + p.vry + 18, 18, 10, side * 0.5, where=body, wob=0.1)
         for side in (-1, 1):
-            self.ellipse(codes, T.MUSCLE, p.sx + side * 32, p.sy + p.vry + 38, 27, 22, where=body)
+            self.ellipse(codes, T.MUSCLE, p.sx + side * 32, p.sy + p.vry + 38, 27, 22, where=body, wob=0.08)
 
         # Spine: vertebral body (cortex, marrow) or disc, canal, arch, processes.
         ph = (zk + p.vert_phase) % p.vert_period

@@ -64,38 +64,36 @@ class SmoothField:
 
 
 class ScannerNoise:
-    """Scanner-like noise: white noise that the slice's own blur will correlate.
+    """Scanner-like noise: gaussian noise correlated in-plane by the reconstruction kernel.
 
-    The image and its noise are blurred together by one gaussian (the reconstruction
-    kernel correlates CT noise, and the same kernel blurs edges), so this class hands out
-    white noise pre-scaled such that, after that blur and the through-plane mix, its std
-    is ``sigma_hu``. Drawing 262k normals per slice is the slowest step of a case, so a
-    small bank of white slices is drawn once and each slice takes one of them rolled by a
-    random offset and flipped at random: neighbouring slices never share a pattern.
+    Drawing and filtering 262k normals per slice would be the slowest step of a case, so
+    a small bank of filtered noise slices is made once, and each slice takes one of them
+    rolled by a random offset and flipped at random: neighbouring slices never share a
+    pattern, and the noise statistics (std, correlation) are exactly those of the bank.
 
     Args:
         rng: numpy Generator.
         shape: (rows, cols) of a slice.
-        sigma_hu: std of the final noise (HU).
-        blur_px: gaussian sigma (pixels) the slice will be blurred with.
-        z_weight: weight of each neighbour slice in the through-plane mix.
-        bank: number of white slices drawn.
+        sigma_hu: std (HU) of the noise as the image shows it (after the through-plane mix).
+        corr_px: gaussian sigma (pixels) of the in-plane correlation.
+        z_weight: weight of each neighbour slice in the through-plane mix (it lowers the
+            std of independent noise slices, so it is compensated here).
+        bank: number of noise slices made.
     """
 
-    def __init__(self, rng, shape, sigma_hu: float, blur_px: float, z_weight: float = 0.0,
+    def __init__(self, rng, shape, sigma_hu: float, corr_px: float, z_weight: float = 0.0,
                  bank: int = 6):
         self.rng = rng
-        delta = np.zeros(65, np.float64)
-        delta[32] = 1.0
-        k = ndimage.gaussian_filter1d(delta, blur_px, truncate=3.0)
-        # 2D separable kernel: the std shrinks by sum(k^2); the slice mix by its L2 norm.
         z_gain = math.sqrt((1 - 2 * z_weight) ** 2 + 2 * z_weight**2)
-        self.scale = float(sigma_hu / (np.sum(k**2) * z_gain))
-        self.bank = rng.standard_normal((bank, *shape), dtype=np.float32)
-        self.bank *= self.scale
+        white = rng.standard_normal((bank, *shape), dtype=np.float32)
+        self.bank = np.empty_like(white)
+        for j in range(bank):
+            ndimage.gaussian_filter(white[j], corr_px, output=self.bank[j], mode="wrap")
+            # Scale by the measured std: exact for the bank, whatever the kernel.
+            self.bank[j] *= sigma_hu / (float(self.bank[j].std()) * z_gain)
 
     def slice(self) -> np.ndarray:
-        """One slice of scaled white noise, float32 (rows, cols) (a view or a copy)."""
+        """One slice of noise, float32 (rows, cols)."""
         j = int(self.rng.integers(len(self.bank)))
         rows, cols = self.bank.shape[1:]
         out = np.roll(self.bank[j], (int(self.rng.integers(rows)), int(self.rng.integers(cols))),

@@ -22,7 +22,12 @@ from kidedge.errors import KidedgeError
 from kidedge.phantom import tissues as T
 from kidedge.phantom.body import BodyPlan, SlicePainter, plan_body, procedural_kidney_centres
 from kidedge.phantom.fields import ScannerNoise, SmoothField
-from kidedge.phantom.kidneys import draw_kidney_labels, find_kidney_sites, kidney_tissues
+from kidedge.phantom.kidneys import (
+    HALO_REPLACES,
+    draw_kidney_labels,
+    find_kidney_sites,
+    kidney_tissues,
+)
 
 DEFAULT_SHAPE = (48, 128, 128)
 DEFAULT_SPACING = (5.0, 3.0, 3.0)
@@ -125,13 +130,14 @@ def make_phantom(seed, shape=None, spacing=None, labels=None) -> Phantom:
         sites = find_kidney_sites(labels, spacing)
         plan = plan_body(rng, shape, spacing, sites)
         sinus = None
-    kid = kidney_tissues(labels, spacing, style, rng)
+    kidney_parts = kidney_tissues(labels, spacing, rng)
 
     organ_fields = SmoothField(rng, shape, spacing, grid_mm=5.0, sigma_cells=1.2, channels=3)
     texture = SmoothField(rng, shape, spacing, grid_mm=3.0, sigma_cells=1.0, channels=1)
+    wobble = SmoothField(rng, shape, spacing, grid_mm=10.0, sigma_cells=1.2, channels=1)
     n, rows, cols = shape
     w = style.blur_z if n > 1 else 0.0
-    noise = ScannerNoise(rng, (rows, cols), style.noise_sigma, style.blur_px, w)
+    noise = ScannerNoise(rng, (rows, cols), style.noise_sigma, style.noise_corr_px, w)
     # Slow intensity drift: a random tilt across the field of view, changing along z.
     tilt = rng.standard_normal((2, 2)) * style.bias_hu
     gx = np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
@@ -149,17 +155,21 @@ def make_phantom(seed, shape=None, spacing=None, labels=None) -> Phantom:
         outside_fov = yy**2 + xx**2 > (min(rows, cols) / 2) ** 2
         lut_mean[T.OUTSIDE_FOV] = style.outside_fov_hu
     hu_min = min(-1024.0, style.outside_fov_hu or -1024.0)
-    box = kid["box"]
 
     def clean_slice(k):
-        codes = painter.paint(k, organ_fields)
+        codes = painter.paint(k, organ_fields, wobble)
         if sinus is not None:
             s = sinus[k]
             if s.any():
                 codes[s] = T.SINUS_FAT
-        if box is not None and box[0].start <= k < box[0].stop:
-            sub = kid["codes"][k - box[0].start]
+        for part in kidney_parts:
+            box = part["box"]
+            if not box[0].start <= k < box[0].stop:
+                continue
+            sub = part["codes"][k - box[0].start]
             view = codes[box[1], box[2]]
+            halo = part["halo"][k - box[0].start]
+            view[halo & np.isin(view, HALO_REPLACES)] = T.VISCERAL_FAT
             m = sub > 0
             view[m] = sub[m]
         if outside_fov is not None:
@@ -168,9 +178,10 @@ def make_phantom(seed, shape=None, spacing=None, labels=None) -> Phantom:
         img = np.take(lut_tex, codes)
         img *= texture.slice(k)[0]
         img += np.take(lut_mean, codes)
+        # Partial-volume blur of the anatomy (the scanner's point spread), then noise.
+        img = ndimage.gaussian_filter(img, style.blur_px, mode="nearest", truncate=3.0)
         img += noise.slice()
-        # One gaussian: the partial-volume blur of the anatomy and the noise's correlation.
-        return ndimage.gaussian_filter(img, style.blur_px, mode="nearest", truncate=3.0)
+        return img
 
     def finish(k, img):
         t = k / max(n - 1, 1)

@@ -216,59 +216,112 @@ def draw_kidney_labels(
     return labels, sinus
 
 
-def kidney_tissues(
-    labels: np.ndarray,
-    spacing,
-    style: T.PhantomStyle,
-    rng: np.random.Generator,
-) -> dict:
-    """Per-voxel tissue codes inside the labelled kidneys, tumours and cysts.
+# Tissues the fat around a kidney may replace (organs pressed against it stay apart by
+# a fat plane in real CT); vessels and bone keep their place.
+HALO_REPLACES = (T.LIVER, T.LIVER_VESSEL, T.SPLEEN, T.PANCREAS, T.BOWEL_WALL, T.BOWEL_FLUID,
+                 T.BOWEL_AIR, T.BOWEL_CONTRAST, T.FAECES, T.MUSCLE, T.GALLBLADDER, T.LUNG)
+
+
+def kidney_tissues(labels: np.ndarray, spacing, rng: np.random.Generator) -> list[dict]:
+    """Per-voxel tissue codes inside the labelled kidneys, tumours and cysts, and the
+    perirenal fat around them.
 
     Cortex is the outer shell of the labelled region (4-7 mm, from a 3D distance map),
     medulla the pyramids beneath it (blobs of a smooth field), the deepest parenchyma the
-    collecting-system side; tumours get a necrotic core when they are big enough.
+    collecting-system side; tumours get a necrotic core when they are big enough. Around
+    the labels lies a patchy layer of perirenal fat (Gerota's space). The work is done in
+    one bounding box per group of labelled columns (one per kidney, usually), so the
+    distance maps never cover the space between the kidneys.
 
     Args:
         labels: canonical uint8 label map (0 bg, 1 kidney, 2 tumour, 3 cyst).
         spacing: (slice_mm, row_mm, col_mm).
-        style: the case's appearance (not used for geometry, kept for the phase).
         rng: numpy Generator.
 
     Returns:
-        {"box": tuple of slices (the labelled bounding box), "codes": uint8 array of
-        tissue codes over the box, 0 (AIR) where the label is background}.
+        a list (empty without labels) of {"box": tuple of slices (a group's bounding box
+        grown by the fat layer), "codes": uint8 tissue codes over the box, 0 where the
+        label is background, "halo": bool over the box, the perirenal fat}.
     """
-    nz = np.flatnonzero(labels.reshape(labels.shape[0], -1).max(axis=1))
+    occupied = labels.max(axis=(0, 1)) > 0
+    cols = np.flatnonzero(occupied)
+    if cols.size == 0:
+        return []
+    gap = max(1, int(np.ceil(15.0 / spacing[2])))
+    breaks = np.flatnonzero(np.diff(cols) > gap)
+    groups = np.split(cols, breaks + 1)
+    style = dict(
+        halo_mm=float(rng.uniform(2.0, 10.0)),
+        cortex_mm=float(rng.uniform(4.0, 7.0)),
+        pyramid_mm=float(rng.uniform(9.0, 15.0)),
+        medulla_level=float(rng.uniform(-0.6, 0.0)),
+        necrosis=bool(rng.random() < 0.55),
+        necrosis_mm=float(rng.uniform(6.0, 14.0)),
+        necrosis_level=float(rng.uniform(-0.8, 0.3)),
+    )
+    parts = []
+    for g in groups:
+        part = _kidney_part(labels, spacing, rng, slice(int(g[0]), int(g[-1]) + 1), **style)
+        if part is not None:
+            parts.append(part)
+    return parts
+
+
+def _coarse_distances(inside: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) to the mask's surface from inside and from outside, float32.
+
+    Computed on a grid of ~1.6 mm cells (every few voxels of a fine scan) and repeated
+    back to full size: the cortex and fat layers they define are several mm thick, and a
+    full-resolution 3D distance map of a 0.5 mm scan would cost seconds.
+    """
+    f = [max(1, int(round(1.6 / sp))) for sp in spacing]
+    coarse = inside[f[0] // 2:: f[0], f[1] // 2:: f[1], f[2] // 2:: f[2]]
+    csp = [sp * k for sp, k in zip(spacing, f, strict=True)]
+    depth = ndimage.distance_transform_edt(np.pad(coarse, 1), sampling=csp)[1:-1, 1:-1, 1:-1]
+    outside = ndimage.distance_transform_edt(~coarse, sampling=csp)
+
+    def full(a):
+        for axis, k in enumerate(f):
+            if k > 1:
+                a = np.repeat(a, k, axis=axis)
+        pad = [(0, max(0, n - m)) for n, m in zip(inside.shape, a.shape, strict=True)]
+        a = np.pad(a, pad, mode="edge")
+        return a[: inside.shape[0], : inside.shape[1], : inside.shape[2]].astype(np.float32)
+
+    return full(depth), full(outside)
+
+
+def _kidney_part(labels, spacing, rng, col_range, halo_mm, cortex_mm, pyramid_mm,
+                 medulla_level, necrosis, necrosis_mm, necrosis_level):
+    sub = labels[:, :, col_range]
+    nz = np.flatnonzero(sub.max(axis=(1, 2)))
     if nz.size == 0:
-        return {"box": None, "codes": None}
-    rows_any = np.flatnonzero(labels[nz[0]: nz[-1] + 1].max(axis=(0, 2)))
-    cols_any = np.flatnonzero(labels[nz[0]: nz[-1] + 1].max(axis=(0, 1)))
-    box = (slice(nz[0], nz[-1] + 1), slice(rows_any[0], rows_any[-1] + 1),
-           slice(cols_any[0], cols_any[-1] + 1))
+        return None
+    rows_any = np.flatnonzero(sub[nz[0]: nz[-1] + 1].max(axis=(0, 2)))
+    lo = [nz[0], rows_any[0], col_range.start]
+    hi = [nz[-1] + 1, rows_any[-1] + 1, col_range.stop]
+    margin = [int(np.ceil(halo_mm * 2.0 / sp)) + 1 for sp in spacing]
+    box = tuple(slice(max(a - m, 0), min(b + m, n))
+                for a, b, m, n in zip(lo, hi, margin, labels.shape, strict=True))
     lab = labels[box]
     inside = lab > 0
-    padded = np.pad(inside, 1)
-    depth = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
-    depth = depth.astype(np.float32)
+    depth, outside = _coarse_distances(inside, spacing)
     codes = np.zeros(lab.shape, np.uint8)
-    cortex_mm = float(rng.uniform(4.0, 7.0))
-    pyramid_mm = float(rng.uniform(9.0, 15.0))
     from kidedge.phantom.fields import SmoothField
 
-    pyr = SmoothField(rng, lab.shape, spacing, grid_mm=3.5, sigma_cells=1.0, channels=2)
-    pattern = np.stack([pyr.slice(k)[0] for k in range(lab.shape[0])])
-    necro = np.stack([pyr.slice(k)[1] for k in range(lab.shape[0])])
+    pyr = SmoothField(rng, lab.shape, spacing, grid_mm=3.5, sigma_cells=1.0, channels=3)
+    planes = np.stack([pyr.slice(k) for k in range(lab.shape[0])], axis=1)
+    pattern, necro, fat = planes
     kid = lab == 1
     codes[kid] = T.KIDNEY_CORTEX
-    med = kid & (depth > cortex_mm) & (pattern > rng.uniform(-0.6, 0.0))
-    codes[med] = T.KIDNEY_MEDULLA
-    deep = kid & (depth > cortex_mm + pyramid_mm)
-    codes[deep] = T.KIDNEY_DEEP
+    codes[kid & (depth > cortex_mm) & (pattern > medulla_level)] = T.KIDNEY_MEDULLA
+    codes[kid & (depth > cortex_mm + pyramid_mm)] = T.KIDNEY_DEEP
     tum = lab == 2
     codes[tum] = T.TUMOUR
-    if tum.any() and rng.random() < 0.55:
+    if necrosis and tum.any():
         tdepth = ndimage.distance_transform_edt(np.pad(tum, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-        core = tum & (tdepth > rng.uniform(6.0, 14.0)) & (necro > rng.uniform(-0.8, 0.3))
-        codes[core] = T.TUMOUR_NECROSIS
+        codes[tum & (tdepth > necrosis_mm) & (necro > necrosis_level)] = T.TUMOUR_NECROSIS
     codes[lab == 3] = T.CYST
-    return {"box": box, "codes": codes}
+    # Patchy: in places organs touch the kidney with no fat plane at all.
+    halo = (~inside) & (outside < halo_mm * np.clip(0.6 + 1.2 * fat, None, 2.0))
+    return {"box": box, "codes": codes, "halo": halo}

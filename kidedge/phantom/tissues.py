@@ -178,8 +178,9 @@ class PhantomStyle:
         hu_mean: float32 (N_TISSUES,) mean HU of each tissue code.
         hu_texture: float32 (N_TISSUES,) std (HU) of the smooth texture of each tissue.
         noise_sigma: std (HU) of the scanner noise as measured in a flat region.
-        blur_px: in-plane gaussian sigma (pixels): partial-volume blur of the anatomy and
-            the correlation of the noise (one reconstruction kernel does both).
+        noise_corr_px: gaussian sigma (pixels) of the noise's in-plane correlation (soft
+            reconstruction kernels give coarse-grained noise).
+        blur_px: in-plane partial-volume blur of the anatomy (gaussian sigma, pixels).
         blur_z: weight of each neighbouring slice in the through-plane blur (0..0.3).
         hu_offset: global calibration offset (HU).
         bias_hu: amplitude of a slow intensity drift across the field of view (HU).
@@ -194,6 +195,7 @@ class PhantomStyle:
     hu_mean: np.ndarray
     hu_texture: np.ndarray
     noise_sigma: float
+    noise_corr_px: float
     blur_px: float
     blur_z: float
     hu_offset: float
@@ -233,7 +235,8 @@ def sample_style(rng: np.random.Generator) -> PhantomStyle:
         hu_mean=mean,
         hu_texture=texture,
         noise_sigma=float(rng.uniform(5.0, 25.0)),
-        blur_px=float(rng.uniform(0.5, 1.1)),
+        noise_corr_px=float(rng.uniform(0.6, 1.8)),
+        blur_px=float(rng.uniform(0.4, 0.9)),
         blur_z=float(rng.uniform(0.05, 0.25)),
         hu_offset=float(rng.uniform(-15.0, 15.0)),
         bias_hu=float(rng.uniform(0.0, 12.0)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -17,10 +19,15 @@ from kidedge.io import (
 pytestmark = pytest.mark.shared_data
 
 
+@functools.lru_cache(maxsize=1)
+def _by_size(root):
+    return sorted(root.glob("case_*/segmentation.nii.gz"),
+                  key=lambda p: (int(np.prod(nib.load(p).shape)), p.name))
+
+
 def _smallest_cases(shared_data, n=3):
     """The n cases with the fewest voxels (header reads only), to keep the test quick."""
-    files = sorted((shared_data / "kits19-labels").glob("case_*/segmentation.nii.gz"),
-                   key=lambda p: (int(np.prod(nib.load(p).shape)), p.name))
+    files = _by_size(shared_data / "kits19-labels")
     if len(files) < n:
         pytest.skip("kits19-labels has too few cases")
     return files[:n]

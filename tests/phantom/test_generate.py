@@ -17,7 +17,8 @@ SPACING = (2.5, 3.0, 3.0)
 
 @pytest.fixture(scope="module")
 def phantom():
-    return make_phantom(7, shape=SHAPE, spacing=SPACING)
+    # Seed 4 draws a tumour and a cyst (8% of procedural cases have no tumour at all).
+    return make_phantom(4, shape=SHAPE, spacing=SPACING)
 
 
 def _core(mask, iterations=1):
@@ -37,7 +38,7 @@ def test_shapes_dtypes_and_kits19_orientation(phantom):
 
 
 def test_deterministic_for_a_seed(phantom):
-    again = make_phantom(7, shape=SHAPE, spacing=SPACING)
+    again = make_phantom(4, shape=SHAPE, spacing=SPACING)
     assert np.array_equal(again.hu, phantom.hu)
     assert np.array_equal(again.labels, phantom.labels)
     other = make_phantom(8, shape=SHAPE, spacing=SPACING)

@@ -132,6 +132,9 @@ def markdown_report(results: dict) -> str:
                 extra = ""
                 if r.get("gate_fraction") is not None:
                     extra = f"; stage 2 ran on {100 * r['gate_fraction']:.0f}% of slices"
+                    px = (r.get("gating") or {}).get("skipped_pixel_fraction")
+                    if px is not None:
+                        extra += f", {100 * (1 - px):.1f}% of pixels"
                 lines.append(f"- {variants[r['variant']]['label']}: {parts}{extra}")
             lines.append("")
 
