@@ -126,7 +126,9 @@ def discover_cases(root: str | Path, flat_as: str = "image") -> list[Case]:
         if single is not None:
             cases = [single]
         else:
-            cases = [c for d in sorted(p for p in root.iterdir() if p.is_dir()) if (c := _kits_case(d))]
+            # Hidden folders are skipped: a writer's half-written ".case_X.partial" is not a case.
+            folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            cases = [c for d in folders if (c := _kits_case(d))]
         if not cases:
             files = _nifti_files(root)
             cases = [

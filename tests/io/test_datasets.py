@@ -44,6 +44,12 @@ def test_kits19_layout(tmp_path):
     assert labels.dtype == np.uint8 and np.shares_memory(labels, scan.array)  # no copy
 
 
+def test_half_written_hidden_case_folders_are_skipped(tmp_path):
+    _kits_case(tmp_path, "case_00000")
+    _kits_case(tmp_path, ".case_00001.partial")
+    assert [c.case_id for c in discover_cases(tmp_path)] == ["case_00000"]
+
+
 def test_kits21_and_kits23_layouts(tmp_path):
     _kits_case(tmp_path / "k21", "case_00000", label_name="aggregated_MAJ_seg.nii.gz")
     (tmp_path / "k21" / "case_00000" / "aggregated_OR_seg.nii.gz").write_bytes(b"ignored")
