@@ -8,12 +8,15 @@ Modules:
                  precision="auto", batch=None, profile=None, overlay=None, gate=True)``:
                  ``kidedge infer``, returns the exit code.
     engine       ``Segmenter(package, choice, batch, slab_size, threads)``: backends
-                 activated once; ``.segment(scan, profiler, gate)`` -> uint8 labels.
+                 activated once; ``.segment_sparse(scan, profiler, gate)`` -> labels;
+                 ``.segment(...)`` the same as a dense uint8 volume.
     pipeline     ``run_stage(scan, backend, stage, sink, profiler, region=None, ...)``:
                  slab reader -> preprocess -> micro-batched inference -> labels -> sink,
                  threads joined by bounded queues; ``iter_slabs``.
     gating       ``CascadeGate``, ``RegionOfInterest``: stage 1's kidney region + margin.
     labels       ``logits_to_labels``: logits of a micro-batch -> uint8 at scan resolution.
+    labelmap     ``SparseLabels`` (only the labelled crop of each slice is held),
+                 ``save_sparse_segmentation`` (the NIfTI written plane by plane).
     profiling    ``Profiler``: stage times, latency percentiles, slices/s, peak RSS, GPU
                  memory and energy (NVML, tegrastats); ``parse_tegrastats_line``.
     report       ``format_summary``, ``write_report_json``.

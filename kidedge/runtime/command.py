@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import click
+import numpy as np
 
 from kidedge.errors import KidedgeError
 from kidedge.runtime.backends.base import BackendUnavailable
@@ -51,7 +52,6 @@ def _overlay_path(overlay: str | None, job: ScanJob, n_jobs: int) -> Path | None
 
 def _grab_slices(scan, indices: list[int]):
     """HU of a few canonical slices, read by streaming (the scan is never loaded whole)."""
-    import numpy as np
 
     from kidedge.runtime.pipeline import iter_slabs
 
@@ -72,10 +72,11 @@ def segment_job(job: ScanJob, segmenter: Segmenter, gate: bool = True,
         KidedgeError: the scan cannot be read or is not a usable CT, or the output path
             is not allowed. Nothing is written then.
     """
-    from kidedge.io import load_scan, save_segmentation
+    from kidedge.io import load_scan
     from kidedge.io.writer import check_output_path
     from kidedge.package import write_json_atomic
     from kidedge.postprocess import class_volumes_ml, postprocess_labels
+    from kidedge.runtime.labelmap import box_affine, save_sparse_segmentation
 
     scan = load_scan(job.scan)
     check_output_path(job.output, like=scan)
@@ -83,27 +84,33 @@ def segment_job(job: ScanJob, segmenter: Segmenter, gate: bool = True,
         raise KidedgeError(f"{overlay}: the overlay path is the input scan; choose another name")
     profiler = Profiler()
     with profiler:
-        labels, gating, box = segmenter.segment(scan, profiler, gate=gate)
+        labels, gating = segmenter.segment_sparse(scan, profiler, gate=gate)
         with profiler.stage("postprocess"):
             # Everything outside the labels' bounding box is background, so post-processing
-            # the box in place gives the same result without whole-volume copies.
-            fg = box.slices()
+            # and counting the box gives the same result without whole-volume arrays.
+            fg = labels.box()
             if fg is not None:
-                labels[fg] = postprocess_labels(labels[fg], scan.spacing)
-            volumes = class_volumes_ml(labels, scan.spacing, affine=scan.canonical_affine)
+                labels.assign_box(fg, postprocess_labels(labels.dense_box(fg), scan.spacing))
+                fg = labels.box()
+            if fg is not None:
+                volumes = class_volumes_ml(labels.dense_box(fg), scan.spacing,
+                                           affine=box_affine(scan.canonical_affine, fg))
+            else:
+                volumes = class_volumes_ml(np.zeros((1, 1, 1), np.uint8), scan.spacing,
+                                           affine=scan.canonical_affine)
         with profiler.stage("write"):
-            job.output.parent.mkdir(parents=True, exist_ok=True)
-            save_segmentation(labels, scan, job.output)
+            save_sparse_segmentation(labels, scan, job.output)
     write_json_atomic(job.volumes_json, {
         "scan": str(job.scan), "segmentation": str(job.output),
         "package": segmenter.package.name, "volumes": volumes})
     if overlay is not None:
         from kidedge.runtime.overlay import pick_slices, write_overlay
 
-        picks = pick_slices(labels, 4)
+        picks = pick_slices(labels.nonempty()[:, None, None], 4)
         hu, picks = _grab_slices(scan, picks)
         overlay.parent.mkdir(parents=True, exist_ok=True)
-        write_overlay(hu, labels[picks], picks, overlay, pixel_spacing=scan.spacing[1:], title=job.name)
+        write_overlay(hu, np.stack([labels.slice(k) for k in picks]), picks, overlay,
+                      pixel_spacing=scan.spacing[1:], title=job.name)
     classes = volumes.get("classes", {}) if isinstance(volumes, dict) else {}
     report = {
         "scan": str(job.scan), "output": str(job.output), "volumes_json": str(job.volumes_json),

@@ -6,9 +6,9 @@ through the streaming pipeline: a single-stage package runs on every slice; a ca
 its localiser on a low-resolution view of every slice and, with gating on, its segmenter
 at full resolution inside the region the localiser found (:mod:`kidedge.runtime.gating`).
 
-Memory: the only whole-scan arrays are the uint8 label volume (needed for 3D
-post-processing and writing) and whatever the scan reader holds; network inputs and logits
-exist per slab only.
+Memory: no whole-scan array. Network inputs and logits exist per slab only; the labels
+go into a :class:`kidedge.runtime.labelmap.SparseLabels` that keeps only the labelled
+part of each slice, so peak memory does not grow with the scan's length.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kidedge.errors import KidedgeError
 from kidedge.preprocess import PreprocessSpec
 from kidedge.runtime.backends.registry import BackendChoice, create_backend
 from kidedge.runtime.gating import CascadeGate
+from kidedge.runtime.labelmap import SparseLabels
 from kidedge.runtime.pipeline import run_stage
 from kidedge.runtime.profiling import Profiler
 
@@ -115,6 +116,22 @@ class Segmenter:
         return b.description if b is not None else self.choice.describe()
 
     def segment(self, scan, profiler: Profiler, gate: bool = True) -> tuple[np.ndarray, dict, ForegroundBox]:
+        """Segment one scan into a dense label volume (for scoring and tests; the
+        runtime itself uses :meth:`segment_sparse`).
+
+        Returns:
+            ``(labels, gating, box)``: uint8 canonical labels (before post-processing), the
+            gating statistics, and the bounding box of the non-zero labels.
+        """
+        store, gating = self.segment_sparse(scan, profiler, gate=gate)
+        box = ForegroundBox()
+        fg = store.box()
+        if fg is not None:
+            box.lo = np.array([sl.start for sl in fg])
+            box.hi = np.array([sl.stop for sl in fg])
+        return store.to_dense(), gating, box
+
+    def segment_sparse(self, scan, profiler: Profiler, gate: bool = True) -> tuple[SparseLabels, dict]:
         """Segment one scan.
 
         Args:
@@ -123,26 +140,20 @@ class Segmenter:
             gate: run a cascade's stage 2 only inside stage 1's region (False: everywhere).
 
         Returns:
-            ``(labels, gating, box)``: uint8 canonical labels (before post-processing), the
-            gating statistics (``{"enabled": False, ...}`` without gating), and the
-            bounding box of the non-zero labels.
+            ``(labels, gating)``: the canonical labels before post-processing, held
+            sparsely, and the gating statistics (``{"enabled": False, ...}`` without gating).
         """
         n, rows, cols = scan.shape
-        labels = np.zeros((n, rows, cols), np.uint8)
-        box = ForegroundBox()
+        labels = SparseLabels((n, rows, cols))
         seg = self.segmenter
         seg_backend = self.backends[seg["name"]]
         common = dict(batch=self.batch, slab_size=self.slab_size)
         if self.localiser is None or not gate:
-            def write_all(a: int, b: int, lab: np.ndarray) -> None:
-                labels[a:b] = lab
-                box.update(a, lab)
-
-            run_stage(scan, seg_backend, seg, write_all, profiler, name="segment", **common)
+            run_stage(scan, seg_backend, seg, lambda a, b, lab: labels.write(a, lab), profiler, name="segment", **common)
             profiler.count("segment_slices", n)
             reason = "single-stage package" if self.localiser is None else "gating disabled (--no-gate)"
             return labels, {"enabled": False, "reason": reason, "slices_total": n,
-                            "skipped_slice_fraction": 0.0, "skipped_pixel_fraction": 0.0}, box
+                            "skipped_slice_fraction": 0.0, "skipped_pixel_fraction": 0.0}
 
         roi_cfg = seg["roi"]
         seg_spec = PreprocessSpec.from_dict(seg["preprocess"])
@@ -155,12 +166,9 @@ class Segmenter:
         profiler.count("localise_slices", n)
         roi = g.region()
         if roi is not None:
-            r, c = roi.as_slices()[1:]
-
             def write_roi(a: int, b: int, lab: np.ndarray) -> None:
-                labels[a:b, r, c] = lab
-                box.update(a, lab, r.start, c.start)
+                labels.write(a, lab, roi.row_start, roi.col_start)
 
             run_stage(scan, seg_backend, seg, write_roi, profiler, region=roi, name="segment", **common)
             profiler.count("segment_slices", roi.slices)
-        return labels, g.stats(), box
+        return labels, g.stats()
