@@ -1,29 +1,59 @@
 """TensorRT engines (plans) from the package's ONNX files.
 
-Written to the TensorRT 10 Python API (checked against docs.nvidia.com, TensorRT 10.x
-"Builder", "IBuilderConfig", "ITimingCache", "OnnxParser" pages):
+Written to the TensorRT 10 Python API. Each call below was checked against NVIDIA's
+documentation; the page that confirms it is named next to it (docs.nvidia.com/deeplearning/
+tensorrt/latest/_static/python-api/... is abbreviated ``py-api/``):
 
-* ``trt.Builder(logger).create_network(flags)``: in TensorRT 10 every network is explicit
-  batch (``EXPLICIT_BATCH`` is deprecated and ignored), so the only flag set is
-  ``1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)`` for a QDQ int8 model:
-  the Q/DQ nodes then fix every int8 tensor (explicit quantisation), and the rest runs in
-  the ONNX's float type; no calibrator, no INT8 builder flag (not allowed when strongly
-  typed). (TensorRT 11 makes strong typing the default and ignores the flag.)
-* fp16 plans are built weakly typed from the fp32 ONNX with ``BuilderFlag.FP16``, letting
-  TensorRT pick fp16 kernels where faster.
-* ``trt.OnnxParser(network, logger).parse_from_file(path)``; errors via
-  ``parser.num_errors`` / ``parser.get_error(i)``.
+* ``trt.Builder(logger).create_network(flags)`` (py-api/infer/Core/Builder.html): in
+  TensorRT 10 every network is explicit batch; ``NetworkDefinitionCreationFlag.
+  EXPLICIT_BATCH`` is listed there as "[DEPRECATED] Ignored because networks are always
+  explicit batch in TensorRT 10.0", so it is never set. The one flag used is
+  ``1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)`` for the QDQ int8 model on
+  a GPU: the Q/DQ nodes then fix every int8 tensor (explicit quantisation) and the rest
+  runs in the ONNX's float type, with no calibrator and no INT8 builder flag ("Use
+  explicit quantization with Strong Typing. Precision-control build flags are not required
+  and should not be specified": inference-library/quantized-types-explicit-quantization.html).
+  TensorRT 11 makes strong typing the default and ignores the flag (same Builder page of
+  11.x), so this stays correct there.
+* fp16 plans are built weakly typed from the fp32 ONNX with ``config.set_flag(
+  trt.BuilderFlag.FP16)`` (py-api/infer/Core/BuilderConfig.html, BuilderFlag), letting
+  TensorRT pick fp16 kernels where faster; weak typing is deprecated from 10.12 and gone
+  in 11 (where fp16 needs an fp16-typed ONNX: the package's fp16.onnx).
+* ``trt.OnnxParser(network, logger).parse_from_file(path)`` returns False on failure;
+  errors via ``parser.num_errors`` / ``parser.get_error(i)`` (py-api/parsers/Onnx/
+  pyOnnx.html).
 * ``builder.create_builder_config()``; ``config.set_memory_pool_limit(
-  trt.MemoryPoolType.WORKSPACE, bytes)``; ``builder.create_optimization_profile()``,
-  ``profile.set_shape(name, min, opt, max)``, ``config.add_optimization_profile(profile)``.
-* Timing cache: ``config.create_timing_cache(bytes)`` (empty bytes for a new one),
-  ``config.set_timing_cache(cache, ignore_mismatch=False)``, after the build
-  ``cache.serialize()`` is saved next to the plan.
-* DLA (Jetson): ``config.default_device_type = trt.DeviceType.DLA``, ``config.DLA_core =
-  n``, ``config.set_flag(trt.BuilderFlag.GPU_FALLBACK)`` so layers DLA cannot run fall
-  back to the GPU; DLA needs fp16 or int8, so a DLA build is never fp32.
+  trt.MemoryPoolType.WORKSPACE, bytes)`` (py-api/infer/Core/BuilderConfig.html;
+  MemoryPoolType.WORKSPACE "defaults to max device memory", so it is capped here).
+* ``builder.create_optimization_profile()``, ``profile.set_shape(name, min, opt, max)``,
+  ``config.add_optimization_profile(profile)`` (py-api/infer/Core/OptimizationProfile.html:
+  kernels are chosen for ``opt`` and valid for every shape between ``min`` and ``max``).
+* Timing cache (performance/builder-performance.html, "Timing Cache"; py-api/infer/Core/
+  TimingCache.html): ``config.create_timing_cache(blob)`` (an empty blob makes a new
+  cache), ``config.set_timing_cache(cache, ignore_mismatch=False)``, and after the build
+  ``cache.serialize()`` is saved next to the plan. The cache is specific to the device,
+  CUDA and TensorRT versions, so it is stored under the same key as the plan.
+* DLA (Jetson; inference-library/dla-build-and-run.html "Using the TensorRT API",
+  BuilderConfig page): ``config.default_device_type = trt.DeviceType.DLA``,
+  ``config.DLA_core = n``, ``config.set_flag(trt.BuilderFlag.GPU_FALLBACK)`` ("Enable
+  layers marked to execute on GPU if layer cannot execute on DLA"); ``builder.
+  num_DLA_cores`` (Builder page) bounds ``n``. DLA runs only fp16 and int8, so a DLA build
+  is never fp32. TensorRT 10.7 is the last 10.x release with DLA (Working with DLA, 11.x
+  pages), and DLA there is built weakly typed: a DLA int8 plan is the QDQ model with the
+  INT8 and FP16 flags (float layers in fp16 on DLA) instead of strong typing.
 * ``builder.build_serialized_network(network, config)`` returns the plan (``IHostMemory``)
-  or None on failure.
+  or None on failure (Builder page).
+
+The runtime side (``trt.Runtime(logger).deserialize_cuda_engine(plan)``, returns None if
+the plan cannot be deserialized: py-api/infer/Core/Runtime.html; ``num_io_tensors`` /
+``get_tensor_name`` / ``get_tensor_mode``: py-api/infer/Core/Engine.html;
+``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3(stream_handle)``:
+py-api/infer/Core/ExecutionContext.html) is :mod:`kidedge.runtime.backends.tensorrt_backend`.
+
+A plan runs only on the TensorRT version and GPU it was built for, so it is stored under
+:func:`kidedge.package.tensorrt_key`: TensorRT version, GPU name, compute capability,
+precision (with ``dla<n>`` appended for a DLA plan) and the first 12 hex digits of the
+ONNX file's sha256.
 
 TensorRT cannot be installed on the machine this was written on (no GPU): the module
 imports ``tensorrt`` lazily; :func:`require_tensorrt` is a one-line :class:`KidedgeError`
@@ -131,11 +161,34 @@ def profile_shapes(s: BuildSettings) -> dict[str, tuple[int, ...]]:
             "max": (s.batches[2], s.channels, mh, mw)}
 
 
-def network_flags(trt, precision: str) -> int:
-    """create_network flags: STRONGLY_TYPED for QDQ int8, none otherwise (TRT 10)."""
-    if precision == "int8":
+def network_flags(trt, precision: str, dla: bool = False) -> int:
+    """create_network flags: STRONGLY_TYPED for QDQ int8 on a GPU, none otherwise.
+
+    EXPLICIT_BATCH is never passed: deprecated and ignored in TensorRT 10 (Builder page).
+    DLA builds stay weakly typed (see the module docstring).
+    """
+    if precision == "int8" and not dla:
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
+
+
+def builder_flags(precision: str, dla: bool = False) -> list[str]:
+    """Names of the ``trt.BuilderFlag`` members a build sets."""
+    if dla:
+        # DLA has no fp32; int8 QDQ weakly typed needs INT8, its float layers run fp16.
+        return (["INT8", "FP16"] if precision == "int8" else ["FP16"]) + ["GPU_FALLBACK"]
+    if precision == "fp16":
+        return ["FP16"]
+    return []  # fp32, or int8 strongly typed (precision flags not allowed there)
+
+
+def plan_precision_label(precision: str, dla_core: int | None) -> str:
+    """The precision part of a plan key: ``fp16``, ``int8``, or ``fp16dla0`` for DLA core 0.
+
+    A DLA plan must never be mistaken for a GPU plan of the same precision (the runtime
+    picks plans by precision), so the core is part of the label.
+    """
+    return precision if dla_core is None else f"{precision}dla{int(dla_core)}"
 
 
 def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=None,
@@ -157,7 +210,8 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=
     timing_cache_path = Path(timing_cache_path or Path(plan_path).with_suffix(".timing-cache"))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = network_flags(trt, settings.precision)
+    dla = settings.dla_core is not None
+    flags = network_flags(trt, settings.precision, dla)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -166,14 +220,15 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_bytes))
-    if settings.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    if settings.dla_core is not None:
+    if dla:
         if settings.dla_core >= builder.num_DLA_cores:
-            raise KidedgeError(f"DLA core {settings.dla_core} requested but this device has {builder.num_DLA_cores}")
+            raise KidedgeError(f"DLA core {settings.dla_core} requested but this device has "
+                               f"{builder.num_DLA_cores} DLA cores")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(settings.dla_core)
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    flag_names = builder_flags(settings.precision, dla)
+    for name in flag_names:
+        config.set_flag(getattr(trt.BuilderFlag, name))
 
     shapes = profile_shapes(settings)
     profile = builder.create_optimization_profile()
@@ -192,10 +247,11 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=
     return {
         "precision": settings.precision,
         "strongly_typed": bool(flags),
+        "builder_flags": flag_names,
         "profile": {k: list(v) for k, v in shapes.items()},
         "workspace_bytes": int(settings.workspace_bytes),
         "dla_core": settings.dla_core,
-        "gpu_fallback": settings.dla_core is not None,
+        "gpu_fallback": dla,
         "tensorrt_version": str(trt.__version__),
         "onnx_sha256": sha256_file(onnx_path),
     }
@@ -221,7 +277,8 @@ def build_stage_plans(stage_dir: Path, rel_dir: str, onnx_files: dict[str, Path]
     name, cc = gpu or gpu_identity()
     entries = {}
     for precision, onnx_path in onnx_files.items():
-        key = tensorrt_key(str(trt.__version__), name, cc, precision, sha256_file(onnx_path))
+        label = plan_precision_label(precision, settings.get("dla_core"))
+        key = tensorrt_key(str(trt.__version__), name, cc, label, sha256_file(onnx_path))
         plan = Path(stage_dir) / f"{key}.plan"
         cache = Path(stage_dir) / f"{key}.timing-cache"
         facts = build_engine(onnx_path, plan, BuildSettings(precision=precision, **settings), trt, cache)

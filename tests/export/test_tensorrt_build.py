@@ -148,15 +148,25 @@ def test_fp16_build_calls(tmp_path):
     assert ("create_timing_cache", b"timing-cache") in trt2.calls
 
 
+def test_int8_gpu_build_is_strongly_typed_without_precision_flags(tmp_path):
+    trt = RecordingTensorRT()
+    (tmp_path / "q.onnx").write_bytes(b"qdq")
+    facts = build_engine(tmp_path / "q.onnx", tmp_path / "q.plan", BuildSettings("int8", 1, 64, 64), trt)
+    assert ("create_network", 1) in trt.calls
+    assert not any(c[0] == "flag" for c in trt.calls)
+    assert facts["strongly_typed"] and facts["builder_flags"] == [] and not facts["gpu_fallback"]
+
+
 def test_int8_dla_build_calls(tmp_path):
     trt = RecordingTensorRT(num_dla=2)
     (tmp_path / "q.onnx").write_bytes(b"qdq")
     facts = build_engine(tmp_path / "q.onnx", tmp_path / "q.plan", BuildSettings("int8", 1, 64, 64, dla_core=1), trt)
-    assert ("create_network", 1) in trt.calls
-    assert ("flag", "INT8") not in trt.calls and ("flag", "FP16") not in trt.calls
+    # DLA (TensorRT <= 10.7) is built weakly typed: INT8 for the Q/DQ layers, FP16 for the rest.
+    assert ("create_network", 0) in trt.calls
+    assert ("flag", "INT8") in trt.calls and ("flag", "FP16") in trt.calls
     assert ("set", "default_device_type", "DLA") in trt.calls and ("set", "DLA_core", 1) in trt.calls
     assert ("flag", "GPU_FALLBACK") in trt.calls
-    assert facts["strongly_typed"] and facts["gpu_fallback"]
+    assert not facts["strongly_typed"] and facts["gpu_fallback"] and facts["dla_core"] == 1
     with pytest.raises(KidedgeError, match="DLA core 2 requested but this device has 2"):
         build_engine(tmp_path / "q.onnx", tmp_path / "q.plan", BuildSettings("int8", 1, 64, 64, dla_core=2), trt)
 
@@ -180,6 +190,24 @@ def test_stage_plans_are_keyed_by_version_gpu_precision_and_onnx(tmp_path):
     assert entries[key]["path"] == f"seg/{key}.plan" and (tmp_path / f"{key}.plan").is_file()
     assert entries[key]["timing_cache"]["path"] == f"seg/{key}.timing-cache"
     assert entries[key]["compute_capability"] == "8.7"
+
+
+def test_dla_plans_get_their_own_key(tmp_path):
+    (tmp_path / "fp32.onnx").write_bytes(b"a")
+    entries = build_stage_plans(tmp_path, "seg", {"fp16": tmp_path / "fp32.onnx"},
+                                {"channels": 1, "height": 64, "width": 64, "dla_core": 0},
+                                RecordingTensorRT(num_dla=2), gpu=("Orin", (8, 7)))
+    (key, entry), = entries.items()
+    assert "-sm87-fp16dla0-" in key and entry["dla_core"] == 0 and entry["gpu_fallback"]
+    # The runtime's plan matcher must not hand a DLA plan to a GPU fp16 request.
+    from kidedge.export.tensorrt_build import plan_precision_label
+    from kidedge.package import tensorrt_key
+    from kidedge.runtime.backends.tensorrt_backend import match_plan
+
+    dla = tensorrt_key("10.3.0", "Orin", (8, 7), plan_precision_label("fp16", 0), "ab" * 32)
+    gpu = tensorrt_key("10.3.0", "Orin", (8, 7), plan_precision_label("fp16", None), "ab" * 32)
+    assert match_plan({dla: {}}, "10.3.0", "Orin") is None
+    assert match_plan({dla: {}, gpu: {}}, "10.3.0", "Orin") == gpu
 
 
 def test_require_tensorrt_without_tensorrt_is_one_line(monkeypatch):

@@ -3,7 +3,16 @@
 Written to the TensorRT 10 Python API (``num_io_tensors`` / ``get_tensor_name`` /
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``); the older binding API
 was removed in TensorRT 10. ``tensorrt`` and ``pycuda`` are imported in :meth:`activate`
-only, so this module imports on any machine.
+only, so this module imports on any machine. Checked against NVIDIA's Python API pages
+(docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/...):
+``Runtime.html`` (``trt.Runtime(logger).deserialize_cuda_engine(buffer)`` returns the
+engine, or None if it cannot be deserialized, e.g. another TensorRT version or GPU);
+``Engine.html`` (``num_io_tensors``, ``get_tensor_name(i)``, ``get_tensor_mode(name)`` ->
+``TensorIOMode.INPUT/OUTPUT``, ``get_tensor_dtype``, ``get_tensor_shape`` with -1 for
+dynamic axes, ``get_tensor_profile_shape(name, profile)`` -> [min, opt, max]);
+``ExecutionContext.html`` (``set_input_shape(name, shape)``, ``get_tensor_shape`` of the
+output once input shapes are set, ``set_tensor_address(name, device_ptr)``,
+``execute_async_v3(stream_handle)`` -> bool, enqueued on the given CUDA stream).
 
 Not exercised on the development machine of this project (no GPU, no TensorRT there): its
 logic is unit-tested only where it does not need a GPU (plan selection, buffer sizing);
