@@ -113,19 +113,28 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, list
 @click.option("--fp16", is_flag=True, help="Also write fp16 ONNX (for GPUs).")
 @click.option("--int8", is_flag=True, help="Also write int8 ONNX (CPU and TensorRT variants).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), help="CT dataset for int8 calibration.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile", show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile", show_default=True,
+              help="How int8 activation ranges are set from the calibration slices.")
+@click.option("--float-layers", type=click.Choice(["first-last", "none"]), default="first-last", show_default=True,
+              help="Convolutions kept in float in the int8 models (recorded in the manifest).")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and a GPU).")
+@click.option("--dla-core", type=click.IntRange(0, 7), default=None,
+              help="With --tensorrt on a Jetson: build the plans for this DLA core, with GPU fallback.")
 @click.option("--verify", "verify", type=click.Path(exists=True), help="Re-check an existing package's hashes and parity instead.")
 @_one_line_errors
-def export(run_dir, out, fp16, int8, calib, calib_method, tensorrt, verify):
+def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt, dla_core, verify):
     """Export a trained run to a model package (ONNX fp32/fp16/int8, TensorRT)."""
     if verify:
         fn = _library_call("kidedge.export.verify", "verify_package", "issue 5")
         return fn(verify)
     if not run_dir or not out:
         raise KidedgeError("export needs RUN_DIR and --out PACKAGE (or --verify PACKAGE)")
+    if dla_core is not None and not tensorrt:
+        raise KidedgeError("--dla-core is for TensorRT plans; add --tensorrt")
     fn = _library_call("kidedge.export.package_writer", "export_run", "issue 5")
-    return fn(run_dir, out, fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, tensorrt=tensorrt)
+    return fn(run_dir, out, fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, tensorrt=tensorrt,
+              float_nodes="rule" if float_layers == "first-last" else "none",
+              tensorrt_settings={"dla_core": dla_core} if dla_core is not None else None)
 
 
 @main.command()

@@ -48,7 +48,8 @@ def calibration_inputs(volumes: Iterable[CTVolume], stage: dict, dimensionality:
 
     Returns:
         ``(inputs, summary)``: float32 ``(N, C, h, w)`` (3D: ``(N, C, D, h, w)``), and
-        ``{"cases", "inputs", "slices_by_category", "sources"}``.
+        ``{"cases", "inputs", "slices_by_category", "sources"}`` (+ ``"cropped_to"`` when
+        cases of different sizes were centre-cropped to a common one).
     """
     rng = np.random.default_rng(seed)
     inputs, sources = [], []
@@ -70,14 +71,27 @@ def calibration_inputs(volumes: Iterable[CTVolume], stage: dict, dimensionality:
                 counts[names[int(c)]] += 1
         inputs.append(x)
         sources.append(vol.source)
-    shapes = {x.shape[1:] for x in inputs}
-    if len(shapes) > 1:
-        # in_plane "native"/"spacing" give per-case sizes; ORT's calibrator takes any size
-        # per batch, so keep batches per case instead of stacking.
-        return inputs, {"cases": len(inputs), "inputs": int(sum(len(x) for x in inputs)),
-                        "slices_by_category": counts, "sources": sources}
-    return np.concatenate(inputs), {"cases": len(inputs), "inputs": int(sum(len(x) for x in inputs)),
-                                    "slices_by_category": counts, "sources": sources}
+    summary = {"cases": len(inputs), "inputs": int(sum(len(x) for x in inputs)),
+               "slices_by_category": counts, "sources": sources}
+    if len({x.shape[2:] for x in inputs}) > 1:
+        # A cascade's segment stage sees each case's kidney box, and in_plane "native" or
+        # "spacing" keeps scan sizes, so cases differ in size. ONNX Runtime's histogram
+        # calibrators (percentile, entropy) stack every input's activations and need one
+        # size: centre-crop all to the smallest (still a pad_multiple, still inside the
+        # real region, no artificial padding values in the ranges).
+        size = tuple(min(x.shape[d] for x in inputs) for d in range(2, inputs[0].ndim))
+        inputs = [_centre_crop(x, size) for x in inputs]
+        summary["cropped_to"] = list(size)
+    return np.concatenate(inputs), summary
+
+
+def _centre_crop(x: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Centre crop of the trailing axes of ``x`` (axes 2, ...) to ``size``."""
+    sl = [slice(None), slice(None)]
+    for n, want in zip(x.shape[2:], size, strict=True):
+        a = (n - want) // 2
+        sl.append(slice(a, a + want))
+    return np.ascontiguousarray(x[tuple(sl)])
 
 
 class SliceCalibrationReader(CalibrationDataReader):

@@ -1,6 +1,9 @@
 """CT volumes for export-time checks: parity inputs, calibration and fidelity cases.
 
-Held-out cases are phantoms from :func:`kidedge.phantom.make_phantom` (seeds disjoint from
+When the training run's dataset is on this machine, export uses it: calibration draws from
+the run's ``train`` cases and fidelity scores the run's ``test`` cases (the patient-level
+split the trainer saved), so both see the scans, spacing and sizes the model was trained
+for (:func:`run_split_volumes`). Otherwise held-out cases are phantoms from :func:`kidedge.phantom.make_phantom` (seeds disjoint from
 the ones training uses by default). If the phantom module is not available in this build,
 a simple synthetic abdomen (ellipses of fat, soft tissue, two kidneys, a tumour) stands in;
 :attr:`CTVolume.source` says which one was used, and the export report records it.
@@ -129,3 +132,69 @@ def volumes_from_dataset(root, max_cases: int = 8) -> Iterator[CTVolume]:
             break
     if count == 0:
         raise KidedgeError(f"{root}: no CT images found for calibration")
+
+
+def _kidney_slab(volume: CTVolume, max_slices: int, grow: int = 4) -> CTVolume:
+    """The contiguous slices around the labelled kidneys (grown by ``grow`` each side), at
+    most ``max_slices`` of them (centred); the whole volume without labels or kidneys.
+
+    Contiguous, so a stage's slice context still sees true neighbours.
+    """
+    n = volume.array.shape[0]
+    if volume.labels is not None and volume.labels.any():
+        z = np.nonzero(volume.labels.reshape(n, -1).any(axis=1))[0]
+        a, b = max(0, int(z[0]) - grow), min(n, int(z[-1]) + 1 + grow)
+    else:
+        a, b = 0, n
+    if b - a > max_slices:
+        mid = (a + b) // 2
+        a = max(0, mid - max_slices // 2)
+        b = a + max_slices
+    if (a, b) == (0, n):
+        return volume
+    return dataclasses.replace(volume, array=volume.array[a:b],
+                               labels=None if volume.labels is None else volume.labels[a:b],
+                               source=f"{volume.source}[{a}:{b}]")
+
+
+def run_split_volumes(run: dict, part: str, max_cases: int, max_slices: int | None = None) -> list[CTVolume] | None:
+    """Labelled volumes of ``part`` (``"train"``, ``"val"``, ``"test"``) of a training run's
+    split, read from the run's dataset folder; None when the folder or the split is not
+    available here (export then falls back to phantoms).
+
+    Args:
+        run: run.json of the training run (``data`` folder, ``split`` lists of case ids).
+        part: which list of the split.
+        max_cases: at most this many cases (the first ones of the list).
+        max_slices: keep at most this many contiguous slices around the kidneys per case
+            (bounded export time on 500-slice scans); None keeps whole volumes.
+    """
+    from pathlib import Path
+
+    from kidedge.errors import KidedgeError
+    from kidedge.io import discover_cases, load_label_map, load_scan
+
+    data, split = run.get("data"), run.get("split")
+    if not isinstance(data, str) or not isinstance(split, dict) or not split.get(part):
+        return None
+    if not Path(data).is_dir():
+        return None
+    try:
+        by_id = {c.case_id: c for c in discover_cases(data) if c.image is not None and c.label is not None}
+    except KidedgeError:
+        return None
+    volumes = []
+    for cid in split[part]:
+        case = by_id.get(cid)
+        if case is None:
+            continue
+        scan = load_scan(case.image)
+        labels, _ = load_label_map(case.label)
+        if labels.shape != scan.array.shape:
+            raise KidedgeError(f"{case.label}: label map shape {labels.shape} does not match its image {scan.array.shape}")
+        vol = CTVolume(scan.array, labels, tuple(float(s) for s in scan.spacing), str(case.image),
+                       float(scan.slope), float(scan.intercept))
+        volumes.append(vol if max_slices is None else _kidney_slab(vol, max_slices))
+        if len(volumes) >= max_cases:
+            break
+    return volumes or None

@@ -25,7 +25,7 @@ import numpy as np
 
 from kidedge import __version__
 from kidedge.errors import KidedgeError
-from kidedge.export.held_out import held_out_volumes, volumes_from_dataset
+from kidedge.export.held_out import held_out_volumes, run_split_volumes, volumes_from_dataset
 from kidedge.export.onnx_export import (
     FP32_TOLERANCE,
     INPUT_NAME,
@@ -141,7 +141,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                held_out_cases: int = 2, calib_cases: int = 4, slices_per_case: int = 8,
                parity_slices: int = 6, depth: int = 16, cpu_format: str | None = None,
                float_nodes: str = "rule", threads: int = 2, tensorrt_settings: dict | None = None,
-               model_factory=None, quiet: bool = False) -> int:
+               data: str = "auto", max_slices: int = 48, model_factory=None, quiet: bool = False) -> int:
     """Export every stage of ``run_dir`` to a model package at ``out``.
 
     Args:
@@ -150,12 +150,19 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         fp16: also write fp16 ONNX.
         int8: also write int8-cpu and int8-trt ONNX (static PTQ).
         calib: CT dataset folder for calibration (any layout kidedge.io reads); default:
-            phantom cases.
+            the run's ``train`` cases (``data="auto"``), else phantom cases.
         calib_method: ``"minmax"``, ``"percentile"`` or ``"entropy"``.
         tensorrt: also build TensorRT plans (needs TensorRT and a GPU).
         name: package name (default: the recipe, else the run folder's name).
-        volume_shape, spacing: phantom volumes for parity, calibration and fidelity.
-        held_out_cases: phantom cases for the fidelity report.
+        volume_shape, spacing: phantom volumes for parity, calibration and fidelity (when
+            phantoms are used).
+        held_out_cases: cases for parity and the fidelity report.
+        data: ``"auto"``: when the run's dataset folder (run.json ``data``) and split are
+            on this machine, fidelity and parity use its ``test`` cases (else ``val``) and
+            calibration its ``train`` cases; otherwise phantoms. ``"phantoms"``: always
+            phantoms.
+        max_slices: run cases are cut to at most this many contiguous slices around the
+            kidneys (bounded export time).
         calib_cases, slices_per_case: calibration set size (phantoms or ``calib`` cases).
         parity_slices: slices for the ONNX-vs-PyTorch parity check.
         depth: slices per block for 3D stages.
@@ -185,6 +192,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         raise KidedgeError(f"float_nodes must be 'rule' or 'none', got {float_nodes!r}")
     if calib and not int8:
         raise KidedgeError("--calib is for int8 calibration; add --int8")
+    if data not in ("auto", "phantoms"):
+        raise KidedgeError(f"data must be 'auto' or 'phantoms', got {data!r}")
     trt = None
     if tensorrt:
         from kidedge.export.tensorrt_build import require_tensorrt
@@ -198,9 +207,22 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        held_out = held_out_volumes(held_out_cases, volume_shape, spacing)
+        held_out, held_out_source = None, "phantoms"
+        if data == "auto":
+            for part in ("test", "val"):
+                held_out = run_split_volumes(run, part, held_out_cases, max_slices)
+                if held_out:
+                    held_out_source = f"run split '{part}' of {run['data']}"
+                    break
+        if not held_out:
+            held_out = held_out_volumes(held_out_cases, volume_shape, spacing)
+        say(f"held-out cases for parity and fidelity: {held_out_source} ({len(held_out)})")
+        calib_vols = None
+        if int8 and not calib and data == "auto":
+            calib_vols = run_split_volumes(run, "train", calib_cases, max(max_slices, 64))
         stages, report = [], {"sizes": {}, "parity": {}, "fidelity": {}, "quantisation": {},
-                              "onnx": {}, "held_out_cases": [v.source for v in held_out]}
+                              "onnx": {}, "held_out_source": held_out_source,
+                              "held_out_cases": [v.source for v in held_out]}
         for st in run["stages"]:
             sname = st["name"]
             sdir = tmp / sname
@@ -254,13 +276,16 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 )
 
                 if calib:
-                    vols = volumes_from_dataset(calib, max_cases=calib_cases)
+                    vols, calib_source = volumes_from_dataset(calib, max_cases=calib_cases), str(calib)
+                elif calib_vols:
+                    vols, calib_source = calib_vols, f"run split 'train' of {run['data']}"
                 else:
                     from kidedge.export.held_out import phantom_volume
 
                     # Calibration phantoms use seeds 1000+, disjoint from held-out (10000+).
                     vols = (phantom_volume(1000 + i, volume_shape, spacing) for i in range(calib_cases))
-                say(f"stage {sname}: calibrating int8 ({calib_method}) on {'--calib ' + str(calib) if calib else 'phantoms'}")
+                    calib_source = "phantoms"
+                say(f"stage {sname}: calibrating int8 ({calib_method}) on {calib_source}")
                 cin, csum = calibration_inputs(vols, st, dim, slices_per_case, depth)
                 reader = SliceCalibrationReader(cin)
                 work = tmp / ".work" / sname
@@ -268,8 +293,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 prepared = prepare_for_quantization(fp32_path, work / "prepared.onnx")
                 exclude = float_node_rule(prepared) if float_nodes == "rule" else []
                 cache = work / "calibration.json"
-                q = {"calibration": {**csum, "method": calib_method,
-                                     "source": str(calib) if calib else "phantoms"},
+                q = {"calibration": {**csum, "method": calib_method, "source": calib_source},
                      "float_nodes_rule": "first and last Conv stay float" if float_nodes == "rule" else "none"}
                 for variant in ("int8-cpu", "int8-trt"):
                     path = sdir / f"{variant}.onnx"

@@ -1,0 +1,109 @@
+"""The lead's export path: a 2-stage cascade run like kidedge_default (low-res localiser,
+native-resolution segmenter inside the kidney box) exported with --fp16 --int8, calibrated
+and scored on the run's own dataset split; the CLI's export options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kidedge.cli import main
+from kidedge.export.held_out import simple_synthetic_volume
+from kidedge.export.package_writer import export_run
+from kidedge.export.verify import verify_package
+from kidedge.package import ModelPackage
+from kidedge.preprocess import PreprocessSpec
+
+from .conftest import TinyUNet, tiny_factory
+from .test_package_writer import _write_kits_case
+
+LOCALISE = PreprocessSpec(hu_window=(-200.0, 400.0), normalisation="range", in_plane="size", size=(64, 64))
+SEGMENT = PreprocessSpec(hu_window=(-200.0, 400.0), normalisation="range", in_plane="native", pad_multiple=8)
+
+
+def _cascade_run(root, data_dir):
+    """run.json + checkpoints of an (untrained) 2-stage cascade whose data folder exists."""
+    torch.manual_seed(0)
+    run = root / "run"
+    stages = [
+        {"name": "localise", "role": "localise", "arch": "tiny_unet", "model_kwargs": {"classes": 2},
+         "preprocess": LOCALISE.to_dict(), "output": {"activation": "softmax", "labels": [0, 1],
+                                                      "regions": [[0], [1, 2, 3]]},
+         "checkpoint": "localise/best.pt"},
+        {"name": "segment", "role": "segment", "arch": "tiny_unet", "model_kwargs": {"classes": 4},
+         "preprocess": SEGMENT.to_dict(), "output": {"activation": "softmax", "labels": [0, 1, 2, 3]},
+         "roi": {"source_stage": "localise", "labels": [1, 2, 3], "margin_mm": 6.0},
+         "checkpoint": "segment/best.pt"},
+    ]
+    for st in stages:
+        (run / st["name"]).mkdir(parents=True)
+        torch.save(TinyUNet(classes=st["model_kwargs"]["classes"]).state_dict(), run / st["checkpoint"])
+    split = {"train": ["case_00000", "case_00001"], "val": [], "test": ["case_00002"]}
+    (run / "run.json").write_text(json.dumps({
+        "kidedge_run": 1, "recipe": "tiny-cascade", "dimensionality": "2d",
+        "classes": {"0": "background", "1": "kidney", "2": "tumour", "3": "cyst"},
+        "stages": stages, "split": split, "data": str(data_dir), "metrics": {},
+    }))
+    return run
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cascade")
+    data = root / "data"
+    # Different scan sizes and spacings: the segment stage's kidney boxes differ in size.
+    shapes = [((10, 96, 96), (3.0, 3.0, 3.0)), ((10, 128, 128), (3.0, 2.2, 2.2)), ((10, 96, 96), (3.0, 3.0, 3.0))]
+    for i, (shape, spacing) in enumerate(shapes):
+        _write_kits_case(data / f"case_{i:05d}", simple_synthetic_volume(70 + i, shape, spacing))
+    run = _cascade_run(root, data)
+    out = root / "pkg"
+    export_run(run, out, fp16=True, int8=True, calib_method="percentile", held_out_cases=1, calib_cases=2,
+               slices_per_case=4, parity_slices=3, model_factory=tiny_factory, quiet=True)
+    return run, data, out
+
+
+def test_cascade_int8_percentile_calibrates_on_the_run_split(cascade):
+    run, data, out = cascade
+    pkg = ModelPackage.load(out)
+    rep = pkg.manifest["export_report"]
+    assert rep["held_out_source"] == f"run split 'test' of {data}"
+    assert rep["held_out_cases"][0].endswith("case_00002/imaging.nii.gz")
+    for stage in ("localise", "segment"):
+        assert pkg.available_precisions(stage) == ["fp32", "fp16", "int8-cpu", "int8-trt", "torch"]
+        cal = rep["quantisation"][stage]["calibration"]
+        assert cal["source"] == f"run split 'train' of {data}" and cal["method"] == "percentile"
+        assert [s.split("/")[-2] for s in cal["sources"]] == ["case_00000", "case_00001"]
+        assert set(rep["fidelity"][stage]) == {"fp16", "int8-cpu", "int8-trt"}
+        assert rep["quantisation"][stage]["int8-cpu"]["float_nodes"]  # first and last Conv
+    # Kidney boxes of different sizes were brought to one size for the histogram calibrator.
+    seg_cal = rep["quantisation"]["segment"]["calibration"]
+    assert len(seg_cal["cropped_to"]) == 2 and all(v % 8 == 0 for v in seg_cal["cropped_to"])
+    assert "cropped_to" not in rep["quantisation"]["localise"]["calibration"]  # fixed 64x64
+    assert pkg.stage("segment")["input"]["height"] is None  # native: any size
+    assert verify_package(out, quiet=True) == 0
+
+
+def test_phantoms_when_asked_and_float_layers_none(cascade, tmp_path):
+    run, _, _ = cascade
+    out = tmp_path / "pkg"
+    export_run(run, out, int8=True, calib_method="minmax", data="phantoms", float_nodes="none",
+               volume_shape=(8, 96, 96), spacing=(3.0, 3.0, 3.0), held_out_cases=1, calib_cases=1,
+               slices_per_case=3, parity_slices=2, model_factory=tiny_factory, quiet=True)
+    rep = ModelPackage.load(out).manifest["export_report"]
+    assert rep["held_out_source"] == "phantoms"
+    q = rep["quantisation"]["segment"]
+    assert q["calibration"]["source"] == "phantoms"
+    assert q["int8-cpu"]["float_nodes"] == [] and q["float_nodes_rule"] == "none"
+
+
+def test_cli_export_options(tmp_path, cascade):
+    run, _, _ = cascade
+    r = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "p"), "--dla-core", "0"])
+    assert r.exit_code == 2 and "add --tensorrt" in r.output and not (tmp_path / "p").exists()
+    r = CliRunner().invoke(main, ["export", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--calib-method", "--float-layers", "--dla-core", "--verify", "--tensorrt"):
+        assert opt in r.output
