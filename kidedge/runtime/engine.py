@@ -20,6 +20,7 @@ import numpy as np
 from kidedge.errors import KidedgeError
 from kidedge.preprocess import PreprocessSpec
 from kidedge.runtime.backends.registry import BackendChoice, create_backend
+from kidedge.runtime.blas_threads import SingleThreadedBlas
 from kidedge.runtime.gating import CascadeGate
 from kidedge.runtime.labelmap import SparseLabels
 from kidedge.runtime.pipeline import run_stage
@@ -98,6 +99,8 @@ class Segmenter:
 
     def __enter__(self) -> Segmenter:
         try:
+            # the pipeline's threads and the engine's pool share the cores: no BLAS pool on top
+            self._stack.enter_context(SingleThreadedBlas())
             for stage in ([self.localiser] if self.localiser else []) + [self.segmenter]:
                 backend = create_backend(self.choice, self.package, stage, max_batch=self.batch,
                                          threads=self.threads)
