@@ -236,7 +236,6 @@ class StageTrainer:
             start_epoch = int(st["epoch"]) + 1
             history = list(st["history"])
             best, best_epoch, stale = st["best"], int(st["best_epoch"]), int(st["stale_epochs"])
-            gen.manual_seed(self.seed * 1000 + self.si * 10 + rank + 7919 * start_epoch)
         rows.extend(history)
 
         minimise = t["select_best"] == "val_loss"
@@ -245,6 +244,8 @@ class StageTrainer:
             if stop:
                 break
             t0 = time.perf_counter()
+            # augmentation stream seeded per epoch: a resumed run repeats an uninterrupted one
+            gen.manual_seed(self.seed * 1000 + self.si * 10 + rank + 7919 * epoch)
             rng = np.random.default_rng([self.seed, self.si, epoch])
             draws = draw_epoch(self.train_cases, steps * batch * world, rng,
                                stage["sampling"]["kidney_fraction"], stage["sampling"]["tumour_fraction"], roi)

@@ -32,3 +32,15 @@ def write_tiny_phantoms(out_dir, cases: int, seed: int = 0):
 def phantom_data(tmp_path_factory):
     """10 tiny phantom cases (split 8 / 1 / 1 by the recipes' 80/10/10)."""
     return write_tiny_phantoms(tmp_path_factory.mktemp("train_phantoms"), cases=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: the 2-core CI machine is shared, and oversubscribed torch
+    threads make tiny CPU trainings many times slower, not faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
