@@ -64,6 +64,17 @@ def broadcast_object(obj):
     return box[0]
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP averages the
+    gradients, so the parameters agree, but each rank updates its running statistics on
+    its own batches after DDP's per-forward buffer broadcast; without this the ranks end
+    an epoch with different statistics (and rank 0 checkpoints only its own)."""
+    if not active():
+        return
+    for b in model.buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 over the model's parameters and buffers (in state_dict order)."""
     h = hashlib.sha256()

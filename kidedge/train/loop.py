@@ -258,6 +258,7 @@ class StageTrainer:
                 persistent_workers=False)
             train_loss = self._train_epoch(wrapped, loader, opt, sched if sched_when == "step" else None,
                                            loss_fn, augmenter, epoch)
+            ddp.broadcast_buffers(model)
             if ddp.is_main():
                 val = self.validate(model, spec, loss_fn)
             else:
