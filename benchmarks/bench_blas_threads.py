@@ -47,7 +47,8 @@ def main() -> int:
                 return 1
             runs[name].append({"scan_s": r["scan_s"], "scan_cpu_s": r["scan_cpu_s"], "stages": r.get("stages", {})})
             print(f"[{rep + 1}] {name}: {r['scan_s']:.2f} s (CPU {r['scan_cpu_s']:.2f} s)", flush=True)
-    (args.out / ".blas_threads_tmp.nii.gz").unlink(missing_ok=True)
+    for tmp in (".blas_threads_tmp.nii.gz", ".blas_threads_tmp.volumes.json"):
+        (args.out / tmp).unlink(missing_ok=True)
 
     def med(name, key):
         return statistics.median(r[key] for r in runs[name])

@@ -69,6 +69,11 @@ def markdown_report(results: dict) -> str:
     variants = {v["name"]: v for v in results["variants"]}
     lines = [f"# kidedge latency benchmark{' (quick)' if results.get('quick') else ''}", ""]
     lines.append(f"Machine `{results['machine_label']}`, run {results.get('created', '?')}.")
+    load = results.get("load_average")
+    if load:
+        lines.append(f"Load average (1 min) at start {load['start']:.1f}, at end {load['end']:.1f} on "
+                     f"{load['cores']} cores: other jobs shared the machine, so wall times stretch with their "
+                     "load; CPU seconds and ratios within one scan are steadier.")
     lines.append("")
     lines += _machine_lines(results.get("machine", {}))
     model = results.get("model", {})
