@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -444,6 +445,31 @@ def evaluate_cases(entries, models, recipe, cases, device) -> dict:
             "per_case": per_case}
 
 
+def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool):
+    """The patient-level split (saved, or reused on resume) and the cached cases."""
+    split_path = run_dir / "split.json"
+    if resume and split_path.is_file():
+        split = json.loads(split_path.read_text())
+    else:
+        s = r["split"]
+        split = make_split([c.case_id for c in found], s["seed"], s["train"], s["val"], s["test"])
+        if ddp.is_main():
+            _write_json(split_path, split)
+    by_id = {c.case_id: c for c in found}
+    missing = [cid for part in ("train", "val", "test") for cid in split[part] if cid not in by_id]
+    if missing:
+        raise KidedgeError(f"{split_path}: cases {missing[:3]} of the saved split are not in {data}")
+    cache = CaseCache(run_dir / "cache")
+    if ddp.is_main():  # rank 0 converts; the others then open the finished cache
+        for cid in split["train"] + split["val"] + split["test"]:
+            cache.get(by_id[cid])
+    ddp.barrier()
+    train_cases = [cache.get(by_id[c]) for c in split["train"]]
+    val_cases = [cache.get(by_id[c]) for c in split["val"]]
+    test_cases = [cache.get(by_id[c]) for c in split["test"]]
+    return split, train_cases, val_cases, test_cases
+
+
 def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pretrained=None, overrides=()) -> int:
     """Train every stage of ``recipe`` on the labelled cases under ``data`` into ``out``.
 
@@ -473,27 +499,15 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
         torch.backends.cudnn.benchmark = True
     seed_everything(r["split"]["seed"])
     found = discover_training_cases(data)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    split_path = run_dir / "split.json"
-    if resume and split_path.is_file():
-        split = json.loads(split_path.read_text())
-    else:
-        s = r["split"]
-        split = make_split([c.case_id for c in found], s["seed"], s["train"], s["val"], s["test"])
-        if ddp.is_main():
-            _write_json(split_path, split)
-    by_id = {c.case_id: c for c in found}
-    missing = [cid for part in ("train", "val", "test") for cid in split[part] if cid not in by_id]
-    if missing:
-        raise KidedgeError(f"{split_path}: cases {missing[:3]} of the saved split are not in {data}")
-    cache = CaseCache(run_dir / "cache")
-    if ddp.is_main():  # rank 0 converts; the others then open the finished cache
-        for cid in split["train"] + split["val"] + split["test"]:
-            cache.get(by_id[cid])
-    ddp.barrier()
-    train_cases = [cache.get(by_id[c]) for c in split["train"]]
-    val_cases = [cache.get(by_id[c]) for c in split["val"]]
-    test_cases = [cache.get(by_id[c]) for c in split["test"]]
+    try:
+        split, train_cases, val_cases, test_cases = _prepare_cases(run_dir, r, found, data, resume)
+    except KidedgeError:
+        # a bad case (corrupt file, wrong shape) found while caching: leave no half-made run
+        if created and ddp.is_main():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
     run = {
         "kidedge_run": 1, "recipe": r["name"], "recipe_title": r["title"], "recipe_source": r["source"],

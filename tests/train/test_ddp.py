@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from kidedge.train.models import build_model
@@ -17,6 +18,7 @@ SMALL = ["preprocess.in_plane=\"size\"", "preprocess.size=[64, 64]", "train.batc
          "sampling.samples_per_epoch=16"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_gloo(phantom_data, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
