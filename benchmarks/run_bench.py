@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--targets", help="slice counts, comma-separated (default 60,250,600)")
     ap.add_argument("--repeats", type=int, help="runs per cheap variant on short scans (default 3)")
     ap.add_argument("--only", help="variant names to run, comma-separated")
+    ap.add_argument("--note", action="append", help="a line for the report's notes (repeatable)")
     ap.add_argument("--rewrite-report", metavar="DIR",
                     help="re-render DIR/bench.md and the plots from DIR/bench.json (no measuring)")
     args = ap.parse_args()
@@ -64,7 +65,7 @@ def main() -> int:
                 export_untrained_package(model, int8=True, calib_method="minmax")
         return run_bench(quick=args.quick, out=args.out, model=model, labels=args.labels, work_dir=work,
                          targets=tuple(int(t) for t in args.targets.split(",")) if args.targets else None,
-                         repeats=args.repeats, only=args.only.split(",") if args.only else None)
+                         repeats=args.repeats, only=args.only.split(",") if args.only else None, notes=args.note)
     except KidedgeError as exc:
         print(f"run_bench: error: {exc}", file=sys.stderr)
         return 2

@@ -314,7 +314,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
               labels: str | os.PathLike | None = None, *, work_dir: str | os.PathLike | None = None,
               targets: tuple[int, ...] | None = None, repeats: int | None = None,
               synthetic_shape: tuple[int, int] | None = None, synthetic: bool = False,
-              only: list[str] | None = None,
+              only: list[str] | None = None, notes: list[str] | None = None,
               threads: int | None = None, echo=None) -> int:
     """Run the benchmark and write its report; returns 0.
 
@@ -330,6 +330,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
         synthetic_shape: (rows, cols) of synthetic scans (tests use tiny ones).
         synthetic: synthetic anatomy even where real label maps are at hand.
         only: run just these variant names.
+        notes: extra lines for the report's notes (e.g. why a run was cut short).
         threads: CPU threads for every engine (default: all usable cores).
         echo: progress printer (default: print to stderr).
 
@@ -425,7 +426,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
         "summary": summary,
         "targets": evaluate_targets(scans, variants, summary),
         "not_measured": _not_measured(machine),
-        "notes": _notes(package),
+        "notes": _notes(package) + list(notes or []),
         "runs": [{k: v for k, v in r.items() if k != "profile"} for r in runs],
     }
     paths = write_report(results, out)
