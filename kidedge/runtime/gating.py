@@ -4,7 +4,9 @@ Stage 1 (the package's ``localise`` stage) sees every slice, but at low resoluti
 preprocessing resamples slices to e.g. 64x64). :class:`CascadeGate` collects, slice by
 slice, where stage 1 found any of the ROI labels, maps that back to scan pixels, and turns
 it into one box (slices x rows x columns) grown by the stage's ``margin_mm`` in each
-direction using the scan's spacing. Stage 2 then runs at full resolution on that box only;
+direction using the scan's spacing. Before boxing, stray detections are dropped: only the
+largest connected regions of stage 1's low-resolution mask count (two kidneys), so a
+false-positive speck far from the kidneys cannot stretch the box over the whole scan. Stage 2 then runs at full resolution on that box only;
 everything outside is background. The gate counts the slices and pixels stage 2 skipped.
 """
 
@@ -14,6 +16,12 @@ import dataclasses
 import math
 
 import numpy as np
+from scipy import ndimage
+
+#: Stage-1 regions kept for the box: the largest ones (two kidneys) ...
+KEEP_REGIONS = 2
+#: ... each at least this fraction of the largest (smaller ones are stray detections).
+MIN_REGION_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +74,10 @@ class CascadeGate:
         # Per slice: [row_min, row_max_exclusive, col_min, col_max_exclusive], -1 if none.
         self.boxes = np.full((self.shape[0], 4), -1, np.int64)
         self.seen = np.zeros(self.shape[0], bool)
+        # Stage 1's low-resolution hits of slices that had any (a few KB per slice).
+        self.hits: dict[int, np.ndarray] = {}
+        self._region: RegionOfInterest | None = None
+        self._region_ready = False
 
     def add(self, start: int, labels_lowres: np.ndarray) -> None:
         """Record stage 1's labels for slices ``start : start + n``.
@@ -75,34 +87,81 @@ class CascadeGate:
             labels_lowres: uint8 ``(n, h, w)`` stage 1 labels on its own grid, which
                 covers the whole slice (padding already removed).
         """
-        n, h, w = labels_lowres.shape
-        rows_full, cols_full = self.shape[1], self.shape[2]
+        n = labels_lowres.shape[0]
         hit = np.isin(labels_lowres, self.roi_labels)
+        self._region_ready = False
         for i in range(n):
             k = start + i
             self.seen[k] = True
-            r = np.flatnonzero(hit[i].any(axis=1))
-            if r.size == 0:
-                continue
-            c = np.flatnonzero(hit[i].any(axis=0))
-            # Low-res pixel j covers full-res [j*R/h, (j+1)*R/h): take the outer pixels.
-            self.boxes[k] = (math.floor(r[0] * rows_full / h), math.ceil((r[-1] + 1) * rows_full / h),
-                             math.floor(c[0] * cols_full / w), math.ceil((c[-1] + 1) * cols_full / w))
+            if hit[i].any():
+                self.hits[k] = hit[i]
+                self.boxes[k] = self._box_of(hit[i])
+            else:
+                self.hits.pop(k, None)
+                self.boxes[k] = -1
+
+    def _box_of(self, hit: np.ndarray) -> tuple[int, int, int, int]:
+        h, w = hit.shape
+        rows_full, cols_full = self.shape[1], self.shape[2]
+        r = np.flatnonzero(hit.any(axis=1))
+        c = np.flatnonzero(hit.any(axis=0))
+        # Low-res pixel j covers full-res [j*R/h, (j+1)*R/h): take the outer pixels.
+        return (math.floor(r[0] * rows_full / h), math.ceil((r[-1] + 1) * rows_full / h),
+                math.floor(c[0] * cols_full / w), math.ceil((c[-1] + 1) * cols_full / w))
+
+    def _kept_boxes(self) -> np.ndarray:
+        """Per-slice boxes of the largest stage-1 regions only (-1 where none)."""
+        ks = sorted(self.hits)
+        shapes = {self.hits[k].shape for k in ks}
+        if len(shapes) != 1:  # stage 1 grids differ between slices: no 3D regions to compare
+            return self.boxes
+        # Slices without hits between hit slices break 3D connectivity, as they should.
+        index = {k: i for i, k in enumerate(range(ks[0], ks[-1] + 1))}
+        stack = np.zeros((len(index), *shapes.pop()), bool)
+        for k in ks:
+            stack[index[k]] = self.hits[k]
+        regions, count = ndimage.label(stack, structure=np.ones((3, 3, 3), bool))
+        if count <= 1:
+            return self.boxes
+        sizes = np.bincount(regions.ravel())[1:]
+        order = np.argsort(sizes)[::-1][:KEEP_REGIONS]
+        keep = [int(j) + 1 for j in order if sizes[j] >= MIN_REGION_FRACTION * sizes[order[0]]]
+        boxes = np.full_like(self.boxes, -1)
+        kept = np.isin(regions, keep)
+        for k, i in index.items():
+            if kept[i].any():
+                boxes[k] = self._box_of(kept[i])
+        return boxes
 
     def region(self) -> RegionOfInterest | None:
         """The box stage 2 must run on, or None when stage 1 found no kidney at all."""
-        found = np.flatnonzero(self.boxes[:, 0] >= 0)
+        if not self._region_ready:
+            self._region = self._compute_region()
+            self._region_ready = True
+        return self._region
+
+    def _compute_region(self) -> RegionOfInterest | None:
+        if not self.hits:
+            return None
+        boxes = self._kept_boxes()
+        found = np.flatnonzero(boxes[:, 0] >= 0)
         if found.size == 0:
             return None
         n, rows, cols = self.shape
         ms, mr, mc = (math.ceil(self.margin_mm / s) if s > 0 else 0 for s in self.spacing)
-        b = self.boxes[found]
+        b = boxes[found]
         s0, s1 = max(0, found[0] - ms), min(n, found[-1] + 1 + ms)
         if not self.crop_in_plane:
             return RegionOfInterest(int(s0), int(s1), 0, rows, 0, cols)
         return RegionOfInterest(int(s0), int(s1),
                                 int(max(0, b[:, 0].min() - mr)), int(min(rows, b[:, 1].max() + mr)),
                                 int(max(0, b[:, 2].min() - mc)), int(min(cols, b[:, 3].max() + mc)))
+
+    def _dropped(self) -> int:
+        """Slices whose stage-1 hits were all stray (outside the kept regions)."""
+        if not self.hits:
+            return 0
+        return int((self.boxes[:, 0] >= 0).sum() - (self._kept_boxes()[:, 0] >= 0).sum())
 
     def stats(self) -> dict:
         """How much of the scan stage 2 skipped (for the profile)."""
@@ -115,6 +174,7 @@ class CascadeGate:
             "enabled": True,
             "margin_mm": self.margin_mm,
             "slices_with_kidney_stage1": int((self.boxes[:, 0] >= 0).sum()),
+            "stage1_regions_dropped": self._dropped(),
             "slices_total": n,
             "slices_run_stage2": int(run_slices),
             "skipped_slice_fraction": round(1 - run_slices / n, 6) if n else 0.0,

@@ -7,7 +7,7 @@ def test_region_maps_lowres_hits_to_scan_pixels_with_margin():
     gate = CascadeGate((20, 128, 128), (2.5, 0.8, 0.8), [1, 2, 3], margin_mm=5.0)
     low = np.zeros((20, 32, 32), np.uint8)
     low[8:12, 10:12, 4:6] = 1       # low-res pixel = 4x4 scan pixels
-    low[10, 20, 25] = 2
+    low[10:12, 20, 25] = 2          # a second region, big enough to count (2 >= 10% of 16)
     gate.add(0, low[:10])
     gate.add(10, low[10:])
     roi = gate.region()
@@ -42,3 +42,30 @@ def test_slice_only_gating_keeps_whole_slices():
     gate.add(0, low)
     roi = gate.region()
     assert (roi.slice_start, roi.slice_stop, roi.row_start, roi.row_stop) == (4, 5, 0, 16)
+
+
+def test_stray_stage1_specks_do_not_stretch_the_box():
+    # Two kidneys on slices 30..49 and a one-pixel false positive on slice 2: the box
+    # covers the kidneys only (before, the speck stretched it over the whole scan).
+    gate = CascadeGate((80, 128, 128), (2.5, 0.8, 0.8), [1, 2, 3], margin_mm=5.0)
+    low = np.zeros((80, 32, 32), np.uint8)
+    low[30:50, 12:18, 6:10] = 1
+    low[32:48, 12:18, 22:26] = 1
+    low[2, 30, 30] = 1
+    gate.add(0, low)
+    roi = gate.region()
+    assert (roi.slice_start, roi.slice_stop) == (28, 52)
+    assert (roi.row_start, roi.row_stop) == (48 - 7, 72 + 7)
+    s = gate.stats()
+    assert s["slices_with_kidney_stage1"] == 21 and s["stage1_regions_dropped"] == 1
+    assert s["slices_run_stage2"] == 24
+
+
+def test_a_single_region_is_kept_whole():
+    gate = CascadeGate((10, 16, 16), (1.0, 1.0, 1.0), [1], margin_mm=0.0)
+    low = np.zeros((10, 16, 16), np.uint8)
+    low[3:6, 4:8, 4:8] = 1
+    gate.add(0, low)
+    roi = gate.region()
+    assert (roi.slice_start, roi.slice_stop, roi.row_start, roi.row_stop) == (3, 6, 4, 8)
+    assert gate.stats()["stage1_regions_dropped"] == 0
