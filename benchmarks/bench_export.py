@@ -166,8 +166,12 @@ def bench_model(arch: str, work: Path, args) -> dict:
     torch.manual_seed(0)
     model = build_model(arch, **MODELS[arch]).eval()
     steps, batch, crop = (QUICK_TRAINING if args.quick else TRAINING)[arch]
+    if args.train:
+        steps, batch, crop = (int(v) for v in args.train.split(","))
+    if args.latency_only:
+        steps = 0  # untrained: same graph, same latency and file sizes; no Dice
     t = time.time()
-    losses = train_briefly(model, steps, batch, crop)
+    losses = train_briefly(model, steps, batch, crop) if steps else [float("nan")]
     train_s = time.time() - t
     print(f"[{arch}] trained {steps} steps (batch {batch}, {crop}x{crop}) in {train_s:.0f} s, "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
@@ -175,13 +179,31 @@ def bench_model(arch: str, work: Path, args) -> dict:
     pkg_dir = work / f"pkg-{arch}"
     t = time.time()
     # The package's own fidelity report uses 1 held-out case; the full scoring is below.
-    export_run(run, pkg_dir, fp16=True, int8=True, calib_method=args.calib_method, volume_shape=(args.slices, SIZE, SIZE),
-               spacing=SPACING, held_out_cases=1, calib_cases=args.calib_cases, slices_per_case=8,
-               parity_slices=4, threads=args.threads, cpu_format="QDQ", quiet=True)
+    small = args.latency_only
+    export_run(run, pkg_dir, fp16=True, int8=True, calib_method=args.calib_method,
+               volume_shape=(4 if small else args.slices, SIZE, SIZE), spacing=SPACING, held_out_cases=1,
+               calib_cases=1 if small else args.calib_cases, slices_per_case=4 if small else 8,
+               parity_slices=2 if small else 4, threads=args.threads, cpu_format="QDQ", quiet=True)
     export_s = time.time() - t
     pkg = ModelPackage.load(pkg_dir)
     stage = pkg.stage("seg")
     files = {p: pkg.file_path("seg", p) for p in ("fp32", "fp16", "int8-cpu", "int8-trt")}
+
+    full = phantom_volume(20_000, TIMING_SHAPE, TIMING_SPACING)
+    x = slice_inputs(full, stage, [TIMING_SHAPE[0] // 2])
+    assert x.shape == (1, 1, 512, 512), x.shape
+    if args.latency_only:
+        ort = {k: (lambda x, s=ort_session(p, args.threads): run_onnx(s, x, batch=len(x))) for k, p in files.items()}
+        print(f"[{arch}] timing {len(ort) + 1} runners x {args.rounds} rounds (latency only)", flush=True)
+        latency = time_interleaved({"torch-eager-fp32": lambda x: run_torch(model, x, batch=len(x)), **ort}, x, args.rounds)
+        sizes = {k: p.stat().st_size for k, p in files.items()}
+        sizes["torch-state-dict"] = pkg.file_path("seg", "torch").stat().st_size
+        return {"arch": arch, "params": int(sum(p.numel() for p in model.parameters())),
+                "training": {"steps": 0, "batch": 0, "crop": 0, "seconds": 0.0, "loss_first": float("nan"),
+                             "loss_last": float("nan")},
+                "latency_only": True, "export_seconds": time.time() - t, "sizes_bytes": sizes,
+                "latency_per_512_slice_batch1": latency, "dice_vs_fp32": {}, "dice_vs_ground_truth": {},
+                "quantisation": pkg.manifest["export_report"]["quantisation"]["seg"], "parity": stage["parity"]}
 
     # The other CPU format, from the same calibration set (same seeds as export_run).
     qwork = work / f"qop-{arch}"
@@ -209,9 +231,6 @@ def bench_model(arch: str, work: Path, args) -> dict:
                **{k: v for k, v in ort.items() if not k.startswith("int8-trt-")}}
 
     held = held_out_volumes(args.cases, (args.slices, SIZE, SIZE), SPACING)
-    full = phantom_volume(20_000, TIMING_SHAPE, TIMING_SPACING)
-    x = slice_inputs(full, stage, [TIMING_SHAPE[0] // 2])
-    assert x.shape == (1, 1, 512, 512), x.shape
     print(f"[{arch}] timing {len(runners)} runners x {args.rounds} rounds", flush=True)
     latency = time_interleaved(runners, x, args.rounds)
 
@@ -250,9 +269,13 @@ def markdown(res: dict) -> str:
         f"ONNX Runtime and PyTorch with {res['settings']['threads']} threads; load average at start "
         f"{', '.join(f'{v:.1f}' for v in m['load_average_at_start'])} (shared machine: compare ratios within a table, "
         "not absolute times across runs). No GPU: TensorRT plans were not built or timed here.", "",
+        *(["Runs (made in parallel, one model each): " + "; ".join(
+            f"{', '.join(run['models'])}: {run.get('wall_seconds', 0) / 60:.0f} min, load average at start "
+            f"{run['machine']['load_average_at_start'][0]:.1f}" for run in res["runs"]), ""] if res.get("runs") else []),
         "Models briefly trained on phantoms (Adam; steps x batch, crop: "
         + ", ".join(f"{r['arch']} {r['training']['steps']} x {r['training']['batch']}, {r['training']['crop']}px, "
-                    f"loss {r['training']['loss_first']:.2f} -> {r['training']['loss_last']:.2f}" for r in res["models"])
+                    f"loss {r['training']['loss_first']:.2f} -> {r['training']['loss_last']:.2f}"
+                    for r in res["models"] if not r.get("latency_only"))
         + f"); held-out "
         f"phantoms: {res['settings']['cases']} cases x {res['settings']['slices']} slices of {SIZE}x{SIZE} at {SPACING[1]} mm; calibration: "
         f"{res['settings']['calib_method']} on {res['settings']['calib_cases']} phantom cases x 8 slices "
@@ -263,12 +286,20 @@ def markdown(res: dict) -> str:
     for r in res["models"]:
         lat = r["latency_per_512_slice_batch1"]
         base = lat["fp32"]["median_ms"]
-        lines += [f"## {r['arch']} ({r['params'] / 1e6:.2f} M parameters)", "",
+        lines += [f"## {r['arch']} ({r['params'] / 1e6:.2f} M parameters)", ""]
+        if r.get("latency_only"):
+            cal = r["quantisation"]["calibration"]
+            lines += [f"Latency and file sizes only (`--latency-only`): untrained weights (a graph's latency and "
+                      f"size do not depend on its weights), int8 calibrated with {cal['method']} on {cal['inputs']} "
+                      "phantom slices; no Dice (an untrained model's labels are noise).", ""]
+        lines += [
                   "| precision | file MB | latency ms (median) | vs ORT fp32 | kidney Dice vs fp32 | masses Dice vs fp32 | tumour Dice vs fp32 | kidney Dice vs truth | tumour Dice vs truth |",
                   "|---|---|---|---|---|---|---|---|---|"]
         extra = [k for k in r["sizes_bytes"] if k.startswith("int8-trt-")]
         for k in ("torch-eager-fp32", "fp32", "fp16", "int8-cpu", "int8-cpu-qoperator", "int8-cpu-allconv", "int8-trt", *extra):
             size = r["sizes_bytes"].get(k if k != "torch-eager-fp32" else "torch-state-dict", 0) / 1e6
+            if k not in lat and k not in r["dice_vs_fp32"]:
+                continue  # not measured in this run (latency-only)
             if k not in lat:
                 dv, gt = r["dice_vs_fp32"][k], r["dice_vs_ground_truth"][k]
                 lines.append(f"| {k} | {size:.2f} | (= int8-trt) | | {dv['kidney_dice']:.4f} | {dv['masses_dice']:.4f} | "
@@ -277,7 +308,9 @@ def markdown(res: dict) -> str:
             ms = lat[k]["median_ms"]
             dv = r["dice_vs_fp32"].get(k, {"kidney_dice": 1.0, "masses_dice": 1.0, "tumour_dice": 1.0}) if k != "torch-eager-fp32" else None
             gt = r["dice_vs_ground_truth"].get(k if k != "torch-eager-fp32" else "fp32", {})
-            dvs = f"{dv['kidney_dice']:.4f} | {dv['masses_dice']:.4f} | {dv['tumour_dice']:.4f}" if dv else "(= fp32) | | "
+            if r.get("latency_only"):
+                dv = None
+            dvs = f"{dv['kidney_dice']:.4f} | {dv['masses_dice']:.4f} | {dv['tumour_dice']:.4f}" if dv else "(not scored) | | "
             lines.append(f"| {k} | {size:.2f} | {ms:.1f} | {base / ms:.2f}x | {dvs} | "
                          f"{gt.get('kidney_dice', float('nan')):.4f} | {gt.get('tumour_dice', float('nan')):.4f} |")
         lines += ["", "`int8-cpu` is QDQ (the format the package ships), `int8-cpu-qoperator` the same "
@@ -302,11 +335,13 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(res["models"]), figsize=(5.5 * len(res["models"]), 3.8), squeeze=False)
     for ax, r in zip(axes[0], res["models"], strict=True):
         lat = r["latency_per_512_slice_batch1"]
-        ms = [lat[k]["median_ms"] for k in keys]
-        lo = [lat[k]["median_ms"] - lat[k]["min_ms"] for k in keys]
-        hi = [lat[k]["p90_ms"] - lat[k]["median_ms"] for k in keys]
-        ax.bar(range(len(keys)), ms, yerr=[lo, hi], color=["#888"] + ["#4477aa"] * 2 + ["#cc6677"] * 3, capsize=3)
-        ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right", fontsize=8)
+        ks = [k for k in keys if k in lat]
+        ms = [lat[k]["median_ms"] for k in ks]
+        lo = [lat[k]["median_ms"] - lat[k]["min_ms"] for k in ks]
+        hi = [lat[k]["p90_ms"] - lat[k]["median_ms"] for k in ks]
+        colors = ["#888" if k.startswith("torch") else "#cc6677" if k.startswith("int8") else "#4477aa" for k in ks]
+        ax.bar(range(len(ks)), ms, yerr=[lo, hi], color=colors, capsize=3)
+        ax.set_xticks(range(len(ks)), ks, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("ms per 512x512 slice (median, min-p90)")
         ax.set_title(f"{r['arch']} ({r['params'] / 1e6:.1f} M params)", fontsize=10)
     fig.suptitle(f"CPU latency, {res['settings']['threads']} threads, {res['machine']['cpu']}", fontsize=9)
@@ -322,9 +357,16 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="untrained models: file sizes and latency of fp32/fp16/int8-cpu/int8-trt, no Dice")
+    ap.add_argument("--train", metavar="STEPS,BATCH,CROP", help="override the brief training of the models run")
+    ap.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                    help="only merge the models of these result files (runs made in parallel) into --out")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models of an existing results file (re-run one model)")
     args = ap.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out)
     args.cases, args.slices, args.calib_cases = (1, 6, 2) if args.quick else (2, 8, 3)
     args.rounds = 3 if args.quick else 5
     torch.set_num_threads(args.threads)
@@ -349,9 +391,32 @@ def main(argv=None) -> int:
             (args.out / f"{name}.partial.json").write_text(json.dumps(res, indent=2) + "\n")
     res["wall_seconds"] = time.time() - t0
     res["load_average_at_end"] = os.getloadavg()
+    write_results(res, args.out, name)
+    return 0
+
+
+def combine(files: list[Path], out: Path) -> int:
+    """One results file from runs of single models made in parallel (each keeps its machine
+    load and settings under ``runs``)."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    models = {r["arch"]: r for run in runs for r in run["models"]}
+    res = {**runs[0], "models": [models[a] for a in MODELS if a in models],
+           "runs": [{k: run[k] for k in ("machine", "settings", "wall_seconds", "load_average_at_end") if k in run}
+                    | {"models": [r["arch"] for r in run["models"]]} for run in runs]}
+    res["wall_seconds"] = max(run.get("wall_seconds", 0.0) for run in runs)
+    write_results(res, out, "export")
+    return 0
+
+
+def write_results(res: dict, out: Path, name: str) -> None:
     verdict = []
     for r in res["models"]:
         lat = r["latency_per_512_slice_batch1"]
+        if r.get("latency_only"):
+            verdict.append(f"{r['arch']} (untrained, latency only): ORT fp32 {lat['fp32']['median_ms']:.1f} ms, "
+                           f"int8-cpu {lat['int8-cpu']['median_ms']:.1f} ms, int8-trt {lat['int8-trt']['median_ms']:.1f} ms, "
+                           f"PyTorch eager {lat['torch-eager-fp32']['median_ms']:.1f} ms per slice; no Dice measured.")
+            continue
         qdq, qop = lat["int8-cpu"]["median_ms"], lat["int8-cpu-qoperator"]["median_ms"]
         verdict.append(f"{r['arch']}: int8-cpu QDQ {qdq:.1f} ms vs QOperator {qop:.1f} ms per slice "
                        f"-> {'QDQ' if qdq <= qop else 'QOperator'} is faster on this CPU; ORT fp32 "
@@ -366,12 +431,12 @@ def main(argv=None) -> int:
                              f"({'within' if loss_gt <= 0.005 else 'OUTSIDE'} 0.005)")
             verdict.append(f"{r['arch']} {k}: " + "; ".join(parts) + ".")
     res["verdict"] = verdict
-    (args.out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / f"{name}.partial.json").unlink(missing_ok=True)
-    (args.out / f"{name}.md").write_text(markdown(res))
-    plot(res, args.out / f"{name}.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / f"{name}.partial.json").unlink(missing_ok=True)
+    (out / f"{name}.md").write_text(markdown(res))
+    plot(res, out / f"{name}.png")
     print(markdown(res))
-    return 0
 
 
 if __name__ == "__main__":
