@@ -42,10 +42,18 @@ def main() -> int:
     if args.rewrite_report:
         import json
 
+        from kidedge.runtime.bench import Variant, evaluate_targets
         from kidedge.runtime.bench.report import write_report
+        from kidedge.runtime.bench.scans import BenchScan
 
         folder = Path(args.rewrite_report)
-        write_report(json.loads((folder / "bench.json").read_text()), folder)
+        results = json.loads((folder / "bench.json").read_text())
+        # the targets are re-judged from the stored measurements (the rules may have changed)
+        scans = [BenchScan(d["name"], Path(d["image"]), Path(d["truth"]), d["slices"], tuple(d["shape"]),
+                           tuple(d["spacing_mm"]), d["source"]) for d in results["scans"]]
+        variants = [Variant(**v) for v in results["variants"]]
+        results["targets"] = evaluate_targets(scans, variants, results["summary"])
+        write_report(results, folder)
         return 0
 
     from kidedge.errors import KidedgeError

@@ -138,3 +138,22 @@ def test_report_files_written_and_consistent(tmp_path):
         assert blob.startswith(PNG_MAGIC) and len(blob) > 5000
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     assert markdown_report(data) == md  # the Markdown is a pure function of the JSON
+
+
+def test_speed_target_not_judged_when_stage2_never_ran():
+    """An untrained localiser that finds no kidney skips stage 2 everywhere: the gated
+    run then times the localiser alone, and the speed targets must not count as met."""
+    scan = BenchScan("s1", Path("i.nii.gz"), Path("t.nii.gz"), 30, (30, 64, 64), (3.0, 1.0, 1.0), "synthetic")
+    variants = [Variant("papers", "papers", "baseline", "papers"),
+                Variant("ort-int8-cpu-gated", "kidedge int8 gated", "kidedge", "kidedge", "onnxruntime", "int8-cpu", True),
+                Variant("ort-int8-cpu-nogate", "kidedge int8 no gate", "kidedge", "kidedge", "onnxruntime", "int8-cpu",
+                        False)]
+    rows = [{"scan": "s1", "variant": "papers", "seconds": 40.0},
+            {"scan": "s1", "variant": "ort-int8-cpu-gated", "seconds": 2.0, "speedup_vs_papers": 20.0,
+             "gating": {"enabled": True, "skipped_slice_fraction": 1.0, "slices_run_stage2": 0}},
+            {"scan": "s1", "variant": "ort-int8-cpu-nogate", "seconds": 8.0, "speedup_vs_papers": 5.0}]
+    targets = evaluate_targets([scan], variants, rows)
+    speed = next(t for t in targets if "10x" in t["name"])
+    assert speed["met"] is None and "NOT REPRESENTATIVE" in speed["measured"]
+    ref = next(t for t in targets if t["name"].startswith("for reference"))
+    assert "5.0x vs papers' way (30 slices)" in ref["measured"] and ref["met"] is None

@@ -224,13 +224,32 @@ def evaluate_targets(scans: list[BenchScan], variants: list[Variant], summary: l
     if fast is None:
         return [{"name": "kidedge int8 with gating", "measured": "the package has no int8 model", "met": None}]
     label = next(v.label for v in variants if v.name == fast)
+    # A gated run whose stage 2 never ran (an untrained localiser that finds no kidney)
+    # timed the localiser alone: its speed-up says nothing about the target.
+    idle_stage2 = [s.slices for s in scans
+                   if ((rows.get((s.name, fast)) or {}).get("gating") or {}).get("enabled")
+                   and rows[(s.name, fast)]["gating"].get("skipped_slice_fraction") == 1.0]
     for base, need, what in (("papers", 10.0, "the papers' way"), ("monai", 5.0, "MONAI SliceInferer")):
         vals = [(s.slices, rows.get((s.name, fast), {}).get(f"speedup_vs_{base}")) for s in scans]
         vals = [(n, x) for n, x in vals if x is not None]
-        targets.append({
-            "name": f"{label} >= {need:g}x faster end to end than {what}",
-            "measured": ", ".join(f"{x:.1f}x ({n} slices)" for n, x in vals) or "not measured",
-            "met": (all(x >= need for _, x in vals) if vals else None)})
+        measured = ", ".join(f"{x:.1f}x ({n} slices)" for n, x in vals) or "not measured"
+        met = all(x >= need for _, x in vals) if vals else None
+        if idle_stage2:
+            measured += (f"; NOT REPRESENTATIVE: stage 2 ran on no slice of the {', '.join(map(str, idle_stage2))}-slice "
+                         "scan(s) (the localiser found no kidney), so this timed the localiser alone")
+            met = None
+        targets.append({"name": f"{label} >= {need:g}x faster end to end than {what}", "measured": measured,
+                        "met": met})
+    nogate = fast.replace("-gated", "-nogate")
+    if nogate != fast and nogate in names:
+        # the same work as the baselines (segmenter on every slice): the runtime's own speed-up
+        nlabel = next(v.label for v in variants if v.name == nogate)
+        parts = []
+        for base, what in (("papers", "papers' way"), ("monai", "MONAI")):
+            vals = [(s.slices, rows.get((s.name, nogate), {}).get(f"speedup_vs_{base}")) for s in scans]
+            parts += [f"{x:.1f}x vs {what} ({n} slices)" for n, x in vals if x is not None]
+        targets.append({"name": f"for reference, {nlabel} (every slice at full resolution, the baselines' work)",
+                        "measured": ", ".join(parts) or "not measured", "met": None})
     gaps, no_reference = [], False
     for s in scans:
         r, ref = rows.get((s.name, fast)), rows.get((s.name, "papers"))
