@@ -9,7 +9,7 @@ import sys
 import nibabel as nib
 import numpy as np
 
-from kidedge.runtime.bench.measure import current_rss_mb, measure, peak_rss_mb
+from kidedge.runtime.bench.measure import measure
 
 
 def _nifti(path, shape=(6, 32, 32)):
