@@ -146,7 +146,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     ap.add_argument("--models", default="", help="comma-separated subset of the architectures")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", action="append", default=[], help="a line for the report (e.g. the machine's load)")
+    ap.add_argument("--rewrite-report", metavar="JSON", help="re-render the Markdown of a results JSON (adding --note lines)")
     args = ap.parse_args()
+    if args.rewrite_report:
+        path = Path(args.rewrite_report)
+        res = json.loads(path.read_text())
+        res["notes"] = res.get("notes", []) + args.note
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        path.with_suffix(".md").write_text(markdown(res))
+        print(markdown(res))
+        return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_train_throughput: --device cuda but CUDA is not available", file=sys.stderr)
@@ -196,7 +206,7 @@ def main() -> int:
         "sizes": sizes, "rounds": args.rounds, "steps_per_round": args.steps,
         "command": "python benchmarks/bench_train_throughput.py " + " ".join(sys.argv[1:]),
         "what": "full training steps (forward, ce_dice loss, backward, Adam) on random input; no data loading",
-        "rows": rows,
+        "rows": rows, "notes": list(args.note),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,8 +233,10 @@ def markdown(res: dict) -> str:
         inp = "x".join(str(v) for v in r["input"])
         lines.append(f"| {r['arch']} | {r['parameters'] / 1e6:.2f} M | {r['batch']} x {inp} | {r['precision']} | "
                      f"{'on' if r['channels_last'] else 'off'} | {r['step_wall_s']:.3f} | {r['step_cpu_s']:.3f} | "
-                     f"{r['slices_per_s']:.2f} | {r['voxels_per_s'] / 1e6:.2f} M |")
+                     f"{r['slices_per_s']:.3g} | {r['voxels_per_s']:,.0f} |")
     lines.append("")
+    for note in res.get("notes", []):
+        lines.append(f"- {note}")
     by = {(r["arch"], r["precision"], r["channels_last"]): r for r in res["rows"]}
     sq, rn = by.get(("squeezenet_unet", "fp32", False)), by.get(("resnet34_unet", "fp32", False))
     if sq and rn and sq["input"] == rn["input"] and sq["batch"] == rn["batch"]:
