@@ -21,6 +21,7 @@ recorded in the manifest with the per-variant agreement measured against fp32.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -112,6 +113,52 @@ def quantize_int8(prepared_path: Path, out_path: Path, reader, variant: str, met
         extra["CalibPercentile"] = PERCENTILE
     if reader is not None:
         reader.rewind()
+    tmp = None
+    if method == "entropy" and not (calibration_cache and Path(calibration_cache).is_file()):
+        # quantize_static cannot pass histogram sizes to ORT's entropy calibrator, whose
+        # defaults (128 bins, 128 quantised bins) leave the KL search a single candidate,
+        # the full range: "entropy" would silently be min-max. The ranges are computed
+        # here with TensorRT's classic sizes and handed over as a calibration cache.
+        if calibration_cache is None:
+            tmp = tempfile.TemporaryDirectory(prefix="kidedge-entropy-")
+            calibration_cache = Path(tmp.name) / "calibration.json"
+        entropy_ranges(prepared_path, reader, Path(calibration_cache))
+        reader = None
+    try:
+        _quantize_static(prepared_path, out_path, reader, s, method, nodes_to_exclude, extra, calibration_cache)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    onnx.checker.check_model(str(out_path))
+    return {**s, "calibration_method": method,
+            **({"percentile": PERCENTILE} if method == "percentile" else {}),
+            **({"entropy_bins": ENTROPY_BINS} if method == "entropy" else {}),
+            "float_nodes": list(nodes_to_exclude or [])}
+
+
+#: Histogram bins and quantised bins of the entropy (KL) calibration, as TensorRT's.
+ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+
+
+def entropy_ranges(prepared_path: Path, reader, cache_path: Path) -> Path:
+    """Entropy-calibrated tensor ranges of ``prepared_path`` written as an ORT calibration
+    cache (``save_tensors_data``) that ``quantize_static`` then reads."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix="kidedge-calib-") as work:
+        calibrator = create_calibrator(Path(prepared_path), None,
+                                       augmented_model_path=str(Path(work) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options=dict(ENTROPY_BINS))
+        reader.rewind()
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        del calibrator
+    save_tensors_data(ranges, cache_path)
+    return cache_path
+
+
+def _quantize_static(prepared_path, out_path, reader, s, method, nodes_to_exclude, extra, calibration_cache):
     quantize_static(
         str(prepared_path), str(out_path), reader,
         quant_format=CPU_FORMATS[s["quant_format"]],
@@ -123,7 +170,3 @@ def quantize_int8(prepared_path: Path, out_path: Path, reader, variant: str, met
         extra_options=extra,
         calibration_cache_path=str(calibration_cache) if calibration_cache else None,
     )
-    onnx.checker.check_model(str(out_path))
-    return {**s, "calibration_method": method,
-            **({"percentile": PERCENTILE} if method == "percentile" else {}),
-            "float_nodes": list(nodes_to_exclude or [])}

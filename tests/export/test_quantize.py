@@ -105,3 +105,21 @@ def test_bad_settings_are_user_errors(prepared):
         variant_settings("int4")
     with pytest.raises(KidedgeError, match="format"):
         variant_settings("int8-cpu", cpu_format="QWhatever")
+
+
+def test_entropy_is_not_silently_minmax(prepared, tmp_path):
+    # ORT's entropy calibrator with its defaults (128 bins = 128 quantised bins) returns
+    # the full range, i.e. min-max; kidedge computes entropy ranges with 2048 bins.
+    _, path, x = prepared
+    scales = {}
+    for method in ("minmax", "entropy"):
+        info = quantize_int8(path, tmp_path / f"{method}.onnx", SliceCalibrationReader(x), "int8-trt", method, [])
+        model = onnx.load(str(tmp_path / f"{method}.onnx"))
+        scales[method] = {i.name: float(numpy_helper.to_array(i).ravel()[0]) for i in model.graph.initializer
+                          if i.name.endswith("_scale") and numpy_helper.to_array(i).size == 1}
+    assert info["entropy_bins"] == {"num_bins": 2048, "num_quantized_bins": 128}
+    common = set(scales["minmax"]) & set(scales["entropy"])
+    assert common
+    # Entropy clips outliers: no activation scale is larger, and some are smaller.
+    assert all(scales["entropy"][k] <= scales["minmax"][k] * 1.0001 for k in common)
+    assert any(scales["entropy"][k] < scales["minmax"][k] * 0.99 for k in common)
