@@ -311,14 +311,16 @@ def markdown(res: dict) -> str:
             if r.get("latency_only"):
                 dv = None
             dvs = f"{dv['kidney_dice']:.4f} | {dv['masses_dice']:.4f} | {dv['tumour_dice']:.4f}" if dv else "(not scored) | | "
-            lines.append(f"| {k} | {size:.2f} | {ms:.1f} | {base / ms:.2f}x | {dvs} | "
-                         f"{gt.get('kidney_dice', float('nan')):.4f} | {gt.get('tumour_dice', float('nan')):.4f} |")
+            gts = (f"{gt['kidney_dice']:.4f} | {gt['tumour_dice']:.4f}" if gt else " | ")
+            lines.append(f"| {k} | {size:.2f} | {ms:.1f} | {base / ms:.2f}x | {dvs} | {gts} |")
         lines += ["", "`int8-cpu` is QDQ (the format the package ships), `int8-cpu-qoperator` the same "
                   "calibration as QOperator, `int8-cpu-allconv` quantises every Conv (no float layers). "
                   "`int8-trt-<method>` is the TensorRT variant calibrated with another method (scored only; "
                   "its graph, hence its ORT latency, is int8-trt's). fp16 is for GPUs; on this CPU ORT runs "
                   "most fp16 ops via casts. Dice of empty-vs-empty regions counts 1.0.", ""]
     lines += ["## Verdict", ""] + [f"- {v}" for v in res["verdict"]] + [""]
+    if res.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
     return "\n".join(lines)
 
 
@@ -362,11 +364,12 @@ def main(argv=None) -> int:
     ap.add_argument("--train", metavar="STEPS,BATCH,CROP", help="override the brief training of the models run")
     ap.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                     help="only merge the models of these result files (runs made in parallel) into --out")
+    ap.add_argument("--note", action="append", default=[], help="a note for the report (with --combine)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models of an existing results file (re-run one model)")
     args = ap.parse_args(argv)
     if args.combine:
-        return combine(args.combine, args.out)
+        return combine(args.combine, args.out, args.note)
     args.cases, args.slices, args.calib_cases = (1, 6, 2) if args.quick else (2, 8, 3)
     args.rounds = 3 if args.quick else 5
     torch.set_num_threads(args.threads)
@@ -395,15 +398,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def combine(files: list[Path], out: Path) -> int:
+def combine(files: list[Path], out: Path, notes: list[str] | None = None) -> int:
     """One results file from runs of single models made in parallel (each keeps its machine
     load and settings under ``runs``)."""
     runs = [json.loads(Path(f).read_text()) for f in files]
+    for run in runs:  # a partial file (run cut short) has the time per model only
+        run.setdefault("wall_seconds", max(r.get("wall_seconds", 0.0) for r in run["models"]))
     models = {r["arch"]: r for run in runs for r in run["models"]}
     res = {**runs[0], "models": [models[a] for a in MODELS if a in models],
            "runs": [{k: run[k] for k in ("machine", "settings", "wall_seconds", "load_average_at_end") if k in run}
                     | {"models": [r["arch"] for r in run["models"]]} for run in runs]}
     res["wall_seconds"] = max(run.get("wall_seconds", 0.0) for run in runs)
+    res["notes"] = list(notes or [])
     write_results(res, out, "export")
     return 0
 
