@@ -69,6 +69,29 @@ def atomic_save(img: nib.Nifti1Image, path: Path) -> None:
             tmp.unlink()
 
 
+def label_image(native, like: Scan):
+    """A uint8 NIfTI image of ``native`` (file-shaped labels) with the geometry and header
+    of the scan ``like``: its header copied (NIfTI-2 kept), or for a DICOM input a new one
+    whose qform and sform are the scanner affine; no scaling, no display range."""
+    if like.header is not None and isinstance(like.header, nib.Nifti1Header):
+        header = like.header.copy()
+        img_cls = nib.Nifti2Image if isinstance(like.header, nib.Nifti2Header) else nib.Nifti1Image
+    else:
+        header = nib.Nifti1Header()
+        img_cls = nib.Nifti1Image
+    header.set_data_dtype(np.uint8)
+    img = img_cls(native, like.affine, header=header)
+    if like.header is None:
+        # DICOM input: the affine is in scanner coordinates
+        img.set_qform(like.affine, code=1)
+        img.set_sform(like.affine, code=1)
+        img.header.set_xyzt_units("mm")
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"] = 0
+    img.header["cal_max"] = 0
+    return img
+
+
 def save_segmentation(labels: np.ndarray, like: Scan, path: str | Path) -> Path:
     """Write canonical ``labels`` as a uint8 NIfTI in the geometry of the scan ``like``.
 
@@ -91,21 +114,6 @@ def save_segmentation(labels: np.ndarray, like: Scan, path: str | Path) -> Path:
     native = like.from_canonical(_as_uint8_labels(labels, path))
     # a (x, y, z, 1) input gets a (x, y, z, 1) output
     native = native.reshape(like.file_shape, order="A") if like.file_shape != like.native_shape else native
-    if like.header is not None and isinstance(like.header, nib.Nifti1Header):
-        header = like.header.copy()
-        img_cls = nib.Nifti2Image if isinstance(like.header, nib.Nifti2Header) else nib.Nifti1Image
-    else:
-        header = nib.Nifti1Header()
-        img_cls = nib.Nifti1Image
-    header.set_data_dtype(np.uint8)
-    img = img_cls(np.asanyarray(native), like.affine, header=header)
-    if like.header is None:
-        # DICOM input: the affine is in scanner coordinates
-        img.set_qform(like.affine, code=1)
-        img.set_sform(like.affine, code=1)
-        img.header.set_xyzt_units("mm")
-    img.header.set_slope_inter(1.0, 0.0)
-    img.header["cal_min"] = 0
-    img.header["cal_max"] = 0
+    img = label_image(native, like)
     atomic_save(img, path)
     return path

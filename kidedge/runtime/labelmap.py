@@ -138,24 +138,9 @@ class SparseLabels:
 def _label_header(like):
     """The header :func:`kidedge.io.save_segmentation` gives a label map of ``like``
     (same steps, on a zero-cost broadcast array of the file's shape)."""
-    import nibabel as nib
+    from kidedge.io.writer import label_image
 
-    if like.header is not None and isinstance(like.header, nib.Nifti1Header):
-        header = like.header.copy()
-        img_cls = nib.Nifti2Image if isinstance(like.header, nib.Nifti2Header) else nib.Nifti1Image
-    else:
-        header = nib.Nifti1Header()
-        img_cls = nib.Nifti1Image
-    header.set_data_dtype(np.uint8)
-    img = img_cls(np.broadcast_to(np.zeros((), np.uint8), like.file_shape), like.affine, header=header)
-    if like.header is None:
-        # DICOM input: the affine is in scanner coordinates
-        img.set_qform(like.affine, code=1)
-        img.set_sform(like.affine, code=1)
-        img.header.set_xyzt_units("mm")
-    img.header.set_slope_inter(1.0, 0.0)
-    img.header["cal_min"] = 0
-    img.header["cal_max"] = 0
+    img = label_image(np.broadcast_to(np.zeros((), np.uint8), like.file_shape), like)
     img.update_header()
     return img.header
 
