@@ -9,6 +9,7 @@ failure never leaves a partial or overwritten file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -52,13 +53,16 @@ def _as_uint8_labels(labels: np.ndarray, path: Path) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-def atomic_save(img: nib.Nifti1Image, path: Path) -> None:
-    """nibabel-save ``img`` to a temporary file beside ``path``, then rename it into place."""
+@contextlib.contextmanager
+def atomic_target(path: Path):
+    """Yield a hidden temporary name beside ``path`` to write to; on success it is fsynced
+    and renamed onto ``path``, on any failure removed (never a partial ``path``). OSError
+    becomes a one-line KidedgeError."""
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(img, str(tmp))
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -67,6 +71,12 @@ def atomic_save(img: nib.Nifti1Image, path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_save(img: nib.Nifti1Image, path: Path) -> None:
+    """nibabel-save ``img`` to a temporary file beside ``path``, then rename it into place."""
+    with atomic_target(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def label_image(native, like: Scan):

@@ -16,8 +16,6 @@ volume (same header, same bytes after decompression): the test suite checks that
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +157,7 @@ def save_sparse_segmentation(labels: SparseLabels, like, path: str | Path) -> Pa
     from nibabel.openers import Opener
     from nibabel.volumeutils import seek_tell
 
-    from kidedge.io.writer import check_output_path
+    from kidedge.io.writer import atomic_target, check_output_path
 
     path = check_output_path(path, like)
     if tuple(labels.shape) != like.shape:
@@ -172,10 +170,7 @@ def save_sparse_segmentation(labels: SparseLabels, like, path: str | Path) -> Pa
     canon_axis = int(orient.to_canonical[2, 0])
     flipped = orient.to_canonical[2, 1] < 0
     size = like.native_shape[2]
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_target(path) as tmp:
         with Opener(str(tmp), "wb") as f:
             header.write_to(f)
             seek_tell(f, header.get_data_offset(), write0=True)
@@ -183,14 +178,6 @@ def save_sparse_segmentation(labels: SparseLabels, like, path: str | Path) -> Pa
                 block = labels.plane(canon_axis, size - 1 - j if flipped else j)
                 native = orient.native(block)  # (n0, n1, 1) in native axis order
                 f.write(native[:, :, 0].tobytes(order="F"))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise KidedgeError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
