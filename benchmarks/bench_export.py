@@ -79,15 +79,9 @@ def machine() -> dict:
         d = describe()
     except Exception:  # the description is informative only
         d = {}
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+    from kidedge.environment import cpu_description
+
+    return {"cpu": cpu_description()["model"], "logical_cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "load_average_at_start": os.getloadavg(),
             "kidedge_info": d.get("cpu") if isinstance(d, dict) else None}
 

@@ -94,14 +94,9 @@ def _child(scenario: str, path: str) -> None:
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from kidedge.environment import cpu_description
+
+    cpu = cpu_description()["model"]
     mem_gib = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
