@@ -63,14 +63,21 @@ def write_overlay(
     fig.text(0.5, 0.01, "green kidney, red tumour, blue cyst (radiological view: patient's right on the left)",
              ha="center", fontsize=7)
     path = Path(path)
+    try:
+        save_png_atomic(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def save_png_atomic(fig, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure as PNG under a temporary name beside ``path``, then rename
+    (never a partial picture)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    finally:
-        plt.close(fig)
-    return path

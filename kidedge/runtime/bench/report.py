@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from kidedge.runtime.overlay import save_png_atomic
+
 #: Plot colours by variant kind, so baselines and kidedge read apart at a glance.
 KIND_COLOURS = {"floor": "#999999", "baseline": "#d62728", "kidedge": "#1f77b4"}
 
@@ -181,7 +183,7 @@ def plot_latency(results: dict, path: Path) -> None:
             ax.text(s, i, f" {s:.2f}", va="center", fontsize=7)
     fig.suptitle(f"End-to-end latency by backend and precision ({results['machine_label']})", fontsize=10)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_png_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -207,19 +209,8 @@ def plot_memory(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_png_atomic(fig, path, dpi=110)
     plt.close(fig)
-
-
-def _save_figure(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
