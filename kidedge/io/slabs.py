@@ -183,7 +183,7 @@ class _NativeSlices:
             if strategy == "pread":
                 self._file = open(layout.path, "rb")  # noqa: SIM115 - closed in close()
             else:
-                self._gz = GzipReader(layout.path)
+                self._gz = GzipReader(layout.path, checkpoints=True)
                 if strategy == "gzip-indexed" and not self._index.complete:
                     self._build_index()
         except GzipDataError as exc:

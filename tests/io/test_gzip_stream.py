@@ -1,4 +1,5 @@
-"""The sequential gzip reader: exact bytes, multi-member files, checkpoints, errors."""
+"""The sequential gzip reader: exact bytes, multi-member files, checkpoints, errors, with
+both inflaters (zlib, and isal where installed)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,29 @@ import gzip
 import numpy as np
 import pytest
 
+from kidedge.io import gzip_stream
 from kidedge.io.gzip_stream import GzipDataError, GzipReader, gzip_trailer_size
+
+
+@pytest.fixture(autouse=True, params=["zlib", "isal"])
+def engine(request, monkeypatch):
+    """Every test runs with each inflater (isal skipped where it is not installed)."""
+    if request.param == "isal" and gzip_stream._isal_zlib is None:
+        pytest.skip("isal (kidedge[fast-io]) is not installed")
+    monkeypatch.setenv("KIDEDGE_INFLATE", request.param)
+    return request.param
+
+
+def test_engine_choice(tmp_path, engine):
+    p = tmp_path / "e.gz"
+    p.write_bytes(gzip.compress(b"x"))
+    with GzipReader(p) as r:
+        assert r.engine == engine
+        if engine == "isal":
+            with pytest.raises(RuntimeError, match="checkpoints"):
+                r.checkpoint()
+    with GzipReader(p, checkpoints=True) as r:  # checkpoints always need zlib
+        assert r.engine == "zlib"
 
 
 @pytest.fixture
@@ -42,7 +65,7 @@ def test_multi_member_file(tmp_path, payload):
 def test_checkpoint_restore_reads_the_same_bytes_again(tmp_path, payload):
     p = tmp_path / "c.gz"
     p.write_bytes(gzip.compress(payload[:100_000]) + gzip.compress(payload[100_000:]))
-    with GzipReader(p, input_chunk=4096) as r:
+    with GzipReader(p, input_chunk=4096, checkpoints=True) as r:
         points = {}
         for pos in range(0, len(payload), 50_000):
             points[pos] = r.checkpoint()
