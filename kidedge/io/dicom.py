@@ -17,6 +17,7 @@ int16 volume).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,24 @@ from kidedge.io.scan import Scan, check_geometry, check_rescale
 
 # Slice gaps may differ from the median by this fraction (floating point in positions).
 _SPACING_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """Where each native slice of a DICOM scan came from (``Scan.dicom``), so results can
+    be written back against the source instances (a DICOM SEG, :mod:`kidedge.io.dicom_seg`).
+
+    ``files``, ``sop_instance_uids`` and ``positions`` (ImagePositionPatient, mm) are in
+    native slice order: native slice ``k`` is the image in ``files[k]``. UIDs the files
+    leave empty are ``""`` (checked by the writers that need them, not here).
+    """
+
+    files: tuple[str, ...]
+    sop_instance_uids: tuple[str, ...]
+    positions: tuple[tuple[float, float, float], ...]
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
 
 
 def _pydicom():
@@ -125,7 +144,7 @@ def load_dicom_series(folder: Path) -> Scan:
         check_rescale(folder, s, i)
     rows, cols = int(first.Rows), int(first.Columns)
     volume, slope, intercept = _read_pixels(folder, headers, rows, cols, slopes, inters)
-    return Scan(
+    scan = Scan(
         source=folder,
         affine=affine,
         native_shape=volume.shape,
@@ -136,6 +155,15 @@ def load_dicom_series(folder: Path) -> Scan:
         format="dicom",
         header=None,
     )
+    scan.dicom = DicomSeries(
+        files=tuple(str(p) for p, _ in headers),
+        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "") or "") for _, ds in headers),
+        positions=tuple(tuple(float(v) for v in pos) for pos in positions),
+        study_instance_uid=str(first.get("StudyInstanceUID", "") or ""),
+        series_instance_uid=str(first.get("SeriesInstanceUID", "") or ""),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
+    )
+    return scan
 
 
 def _read_pixels(folder, headers, rows, cols, slopes, inters):
