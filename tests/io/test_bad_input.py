@@ -120,8 +120,8 @@ def test_infinite_voxels(tmp_path):
     _raises_one_line(write_nifti(tmp_path / "inf.nii", vol, kits19_affine()), "infinite")
 
 
-@pytest.mark.parametrize("pixdim", [0.0, -1.0])
-def test_zero_or_negative_pixdim(tmp_path, pixdim):
+@pytest.mark.parametrize("pixdim", [0.0, -1.0, float("nan"), float("inf")])
+def test_zero_negative_or_nonfinite_pixdim(tmp_path, pixdim):
     img = nib.Nifti1Image(random_volume((6, 8, 8)), None)  # affine from pixdim
     zooms = [1.0, 1.0, 1.0]
     zooms[2] = pixdim

@@ -79,6 +79,19 @@ def test_absurd_spacing(tmp_path, single_package):
     _assert_refused(_infer(f, "-o", out, "--model", single_package), out, "spacing")
 
 
+@pytest.mark.parametrize("pixdim", [0.0, float("nan")])
+def test_zero_or_nan_pixdim_is_refused_not_read_as_1mm(tmp_path, single_package, pixdim):
+    import nibabel as nib
+
+    hu, _ = make_ct(shape=(8, 16, 16), kidney_slices=(2, 6))
+    img = nib.Nifti1Image(hu, None)  # qform/sform unset: nibabel would make pixdim 0 into 1 mm
+    img.header["pixdim"][1:4] = [0.8, 0.8, pixdim]
+    f = tmp_path / "pixdim.nii.gz"
+    nib.save(img, str(f))
+    out = tmp_path / "o"
+    _assert_refused(_infer(f, "-o", out, "--model", single_package), out, "voxel spacing")
+
+
 def test_package_without_manifest(tmp_path, single_package):
     (single_package / "manifest.json").unlink()
     out = tmp_path / "o"
