@@ -118,7 +118,7 @@ def load_nifti(path: Path) -> Scan:
     pixdim = raw_pixdim if raw_pixdim is not None else np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
     if np.any(~np.isfinite(pixdim)) or np.any(pixdim <= 0):
         # refused, not replaced by 1 mm as nibabel does: volumes in mL would be silently wrong
-        raise KidedgeError(f"{path}: zero, negative or non-finite voxel spacing in the header "
+        raise KidedgeError(f"{path}: zero, NaN or negative voxel spacing in the header "
                            f"(pixdim {pixdim.tolist()})")
     affine = img.affine
     check_geometry(path, affine)
