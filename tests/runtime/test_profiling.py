@@ -39,6 +39,23 @@ def test_tegrastats_without_input_rail_sums_rails():
     assert tegrastats_total_mw(rails) == 155 + 311 + 933 + 0 + 155 + 1606
 
 
+# The layout of a TX2 tegrastats line as NVIDIA's tool prints it (the form recorded in
+# jetson_stats' tegrastats emulator: engine clocks such as "NVENC 716" without a slash,
+# "MTS fg 0% bg 0%", sub-zero temperatures, rails in mW without a unit); numbers changed.
+TX2 = ("RAM 3811/7844MB (lfb 2x512kB) CPU [41%@2035,9%@2034,22%@2034,48%@2035,40%@2035,37%@2035] "
+       "SWAP 120/1024MB (cached 5MB) EMC_FREQ 3%@1866 GR3D_FREQ 61%@1300 APE 150 MTS fg 0% bg 0% "
+       "BCPU@-44C MCPU@-44C GPU@-50.5C PLL@44C AO@46.5C Tboard@36C Tdiode@45.25C PMIC@100C "
+       "thermal@45.9C VDD_IN 12870/13102 VDD_CPU 2016/2204 VDD_GPU 5712/5790 VDD_SOC 1295/1288 "
+       "VDD_WIFI 19/19 NVENC 716 NVDEC 716 VDD_DDR 2480/2496")
+
+
+def test_tegrastats_tx2_format_takes_the_input_rail_not_engine_clocks():
+    rails = parse_tegrastats_line(TX2)
+    assert rails == {"VDD_IN": 12870.0, "VDD_CPU": 2016.0, "VDD_GPU": 5712.0, "VDD_SOC": 1295.0,
+                     "VDD_WIFI": 19.0, "VDD_DDR": 2480.0}
+    assert tegrastats_total_mw(rails) == 12870.0  # the module input, not the sum of rails
+
+
 def test_tegrastats_line_without_power():
     assert parse_tegrastats_line("RAM 1400/3964MB SWAP 0/1982MB CPU [3%@102]") == {}
     assert tegrastats_total_mw({}) is None
