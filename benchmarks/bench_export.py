@@ -180,7 +180,7 @@ def bench_model(arch: str, work: Path, args) -> dict:
                parity_slices=2 if small else 4, threads=args.threads, cpu_format="QDQ", quiet=True)
     export_s = time.time() - t
     pkg = ModelPackage.load(pkg_dir)
-    stage = pkg.stage("seg")
+    stage = pkg.stage("seg").to_dict()  # export's helpers read a stage in its JSON form
     files = {p: pkg.file_path("seg", p) for p in ("fp32", "fp16", "int8-cpu", "int8-trt")}
 
     full = phantom_volume(20_000, TIMING_SHAPE, TIMING_SPACING)
@@ -197,7 +197,7 @@ def bench_model(arch: str, work: Path, args) -> dict:
                              "loss_last": float("nan")},
                 "latency_only": True, "export_seconds": time.time() - t, "sizes_bytes": sizes,
                 "latency_per_512_slice_batch1": latency, "dice_vs_fp32": {}, "dice_vs_ground_truth": {},
-                "quantisation": pkg.manifest["export_report"]["quantisation"]["seg"], "parity": stage["parity"]}
+                "quantisation": pkg.manifest.export_report["quantisation"]["seg"], "parity": stage["parity"]}
 
     # The other CPU format, from the same calibration set (same seeds as export_run).
     qwork = work / f"qop-{arch}"
@@ -250,7 +250,7 @@ def bench_model(arch: str, work: Path, args) -> dict:
         "latency_per_512_slice_batch1": latency,
         "dice_vs_fp32": fid,
         "dice_vs_ground_truth": vs_gt,
-        "quantisation": pkg.manifest["export_report"]["quantisation"]["seg"],
+        "quantisation": pkg.manifest.export_report["quantisation"]["seg"],
         "parity": stage["parity"],
     }
 

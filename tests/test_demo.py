@@ -16,13 +16,13 @@ from kidedge.package import ModelPackage, default_package_path
 def test_builtin_package_ships_verifies_and_is_small():
     pkg = ModelPackage.load(default_package_path())
     pkg.verify_hashes()
-    assert pkg.is_cascade and [s["role"] for s in pkg.stages] == ["localise", "segment"]
+    assert pkg.is_cascade and [s.role for s in pkg.stages] == ["localise", "segment"]
     for stage in pkg.stages:
-        assert {"fp32", "fp16", "int8-cpu"} <= set(pkg.available_precisions(stage["name"]))
+        assert {"fp32", "fp16", "int8-cpu"} <= set(stage.precisions)
     total = sum(p.stat().st_size for p in default_package_path().rglob("*") if p.is_file())
     assert total < 32e6, f"built-in package is {total / 1e6:.1f} MB"
     # Held-out metrics are recorded with the package (README quotes them).
-    ev = pkg.manifest["provenance"]["evaluation"]
+    ev = pkg.manifest.provenance["evaluation"]
     assert ev["part"] == "test" and len(ev["cases"]) >= 10
     assert 0.0 <= ev["by_precision"]["int8"]["mean"]["kidney_dice"] <= 1.0
 

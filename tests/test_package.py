@@ -71,7 +71,7 @@ def test_write_manifest_fills_hashes_and_load_round_trips(tmp_path):
     assert p.file_path("seg", "fp32") == pkg / "seg/fp32.onnx"
     assert p.preprocess_spec("seg") == PreprocessSpec(hu_window=(-80.0, 300.0), in_plane="size", size=(64, 64))
     assert p.verify_hashes() == {"seg/fp32": "ok", "seg/int8-cpu": "ok"}
-    assert p.stage(0)["name"] == "seg"
+    assert p.stage(0).name == "seg"
 
 
 def test_tampered_file_is_refused(tmp_path):
@@ -159,7 +159,7 @@ def test_cascade_roi_validates(tmp_path):
         _stage("segment", roi={"source_stage": "localise", "labels": [1, 2, 3], "margin_mm": 10.0}),
     ]
     p = ModelPackage.load(_make_package(tmp_path, stages))
-    assert p.is_cascade and [s["role"] for s in p.stages] == ["localise", "segment"]
+    assert p.is_cascade and [s.role for s in p.stages] == ["localise", "segment"]
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -234,3 +234,51 @@ def test_package_module_does_not_import_torch_or_onnx():
     code = "import sys, kidedge.package; print('torch' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_shipped_manifest_round_trips_through_the_typed_manifest():
+    from kidedge.package import Manifest
+
+    raw = json.loads((default_package_path() / "manifest.json").read_text())
+    m = Manifest.from_dict(raw)
+    assert m.to_dict() == raw
+    seg = m.stage("segment")
+    assert seg.roi.source_stage == "localise" and seg.roi.margin_mm == 15.0
+    assert seg.input.fixed_size is None and m.stage("localise").input.fixed_size == (96, 96)
+    assert seg.output.activation == "softmax" and seg.output.labels == (0, 1, 2, 3)
+    assert seg.reference_tolerance == pytest.approx(1e-3)
+
+
+def test_input_buckets_are_optional_and_round_trip(tmp_path):
+    from kidedge.package import Manifest
+
+    stage = _stage()
+    stage["input"]["buckets"] = [[128, 160], [256, 256]]
+    raw = json.loads((_make_package(tmp_path, [stage]) / "manifest.json").read_text())
+    m = Manifest.from_dict(raw)
+    assert m.stages[0].input.buckets == ((128, 160), (256, 256))
+    assert m.to_dict() == raw
+    raw["stages"][0]["input"]["buckets"] = [[128]]
+    with pytest.raises(KidedgeError, match="buckets"):
+        Manifest.from_dict(raw)
+
+
+def test_plan_key_is_formatted_and_parsed_in_one_place():
+    from kidedge.package import PlanKey
+
+    key = tensorrt_key("10.3.0", "NVIDIA Orin", (8, 7), "fp16dla0", "cd" * 32)
+    parsed = PlanKey.parse(key)
+    assert (parsed.trt_version, parsed.gpu, parsed.sm, parsed.precision) == ("10.3.0", "nvidia_orin", "87", "fp16dla0")
+    assert str(parsed) == key
+    assert parsed.runs_on("10.3.0.26", "NVIDIA Orin") and not parsed.runs_on("10.4.0", "NVIDIA Orin")
+    assert not parsed.runs_on("10.3.0", "NVIDIA A100") and not parsed.runs_on(None, None)
+    assert PlanKey.parse("model.plan") is None
+
+
+def test_unparseable_plan_key_is_refused_on_load(tmp_path):
+    pkg = _make_package(tmp_path)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["stages"][0]["files"]["tensorrt"] = {"my-engine": dict(m["stages"][0]["files"]["fp32"])}
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(KidedgeError, match="plan key 'my-engine'"):
+        ModelPackage.load(pkg)

@@ -108,7 +108,8 @@ def evaluate_package(package_path, data, split: str | None = None, part: str = "
 
 def record_in_manifest(package_dir, evaluation: dict) -> None:
     """Store ``evaluation`` (without per-case detail) as ``provenance.evaluation``."""
-    from kidedge.package import MANIFEST_NAME, write_json_atomic
+    from kidedge.io.writer import write_json_atomic
+    from kidedge.package import MANIFEST_NAME
 
     path = Path(package_dir) / MANIFEST_NAME
     if not path.is_file():
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         ev = evaluate_package(args.package, args.data, args.split, args.part, tuple(args.precision or ("int8",)),
                               gate=not args.no_gate)
         if args.out:
-            from kidedge.package import write_json_atomic
+            from kidedge.io.writer import write_json_atomic
 
             write_json_atomic(args.out, ev)
         if args.record:

@@ -45,15 +45,15 @@ def verify_package(path, threads: int = 2, quiet: bool = False) -> int:
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
     for stage in pkg.stages:
-        name = stage["name"]
-        if "reference" not in stage:
+        name = stage.name
+        if stage.reference is None:
             raise KidedgeError(f"{pkg.source}: stage {name!r} has no reference data to verify parity")
         with np.load(pkg.file_path(name, "reference")) as ref:
             x, expected = ref["input"], ref["logits"]
-        tol = float(stage["reference"].get("max_abs_tolerance", 1e-3))
-        inp, outp = stage["input"]["name"], stage["output"].get("name", "logits")
+        tol = stage.reference_tolerance
+        inp, outp = stage.input.name, stage.output.name
         for precision in ONNX_PRECISIONS:
-            if precision not in stage["files"]:
+            if precision not in stage.files:
                 continue
             model = pkg.file_path(name, precision)
             try:

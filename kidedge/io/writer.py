@@ -1,18 +1,32 @@
-"""Writing label maps back in the input's exact geometry, atomically.
+"""Everything kidedge writes goes through here: atomically, and label maps in the input's
+exact geometry.
 
-The output has the input's shape (as stored, 4D singleton included) and affine, and for
-NIfTI input a copy of its header (so qform/sform codes and units match) with the voxel
-type set to uint8 and no scaling: it overlays the input in 3D Slicer or ITK-SNAP.
-It is written to a temporary name in the same folder and renamed into place, so a
-failure never leaves a partial or overwritten file.
+Atomic writing: :func:`atomic_target` yields a hidden temporary name beside the target;
+when the block succeeds the file is fsynced and renamed into place, on any failure it is
+removed, so a reader never sees a partial file and a failed run never replaces a previous
+result. :func:`atomic_directory` does the same for a folder. The small writers
+(:func:`write_json_atomic`, :func:`write_text_atomic`, :func:`save_png_atomic`,
+:func:`save_volume`) and the label-map writers are built on them; every other module that
+writes a file calls one of these.
+
+Label maps (:func:`save_segmentation` for a dense array, :func:`save_segmentation_planes`
+for labels held sparsely and written plane by plane) have the input's shape (as stored,
+4D singleton included) and affine, and for NIfTI input a copy of its header (so
+qform/sform codes and units match) with the voxel type set to uint8 and no scaling: they
+overlay the input in 3D Slicer or ITK-SNAP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import nibabel as nib
 import numpy as np
@@ -54,11 +68,14 @@ def _as_uint8_labels(labels: np.ndarray, path: Path) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path):
+def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary name beside ``path`` to write to; on success it is fsynced
-    and renamed onto ``path``, on any failure removed (never a partial ``path``). OSError
-    becomes a one-line KidedgeError."""
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    and renamed onto ``path``, on any failure removed (never a partial ``path``). The
+    temporary name keeps ``path``'s suffix (``.nii.gz``, ``.png``, ``.npy``), so writers
+    that choose a format by suffix do the right thing. Missing parent folders are made.
+    OSError becomes a one-line KidedgeError."""
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +88,67 @@ def atomic_target(path: Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``path`` to fill; on success it is renamed
+    onto ``path`` (which must not exist, or be an empty folder), on failure removed.
+
+    Args:
+        keep_existing: when ``path`` appeared meanwhile with content (another process
+            made the same folder), keep it and drop ours instead of failing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            if not (keep_existing and path.is_dir() and any(path.iterdir())):
+                raise KidedgeError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, data: object, default=None) -> Path:
+    """Write ``data`` as indented JSON (and a final newline) to ``path`` atomically.
+
+    Args:
+        default: JSON fallback for other objects (e.g. ``float`` for numpy scalars).
+    """
+    return write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")
+
+
+def save_png_atomic(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG to ``path`` atomically (never a partial picture)."""
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    return Path(path)
+
+
+def save_volume(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a volume as given (a synthetic scan, a truth label map) as NIfTI, atomically,
+    with qform and sform set to ``affine`` (scanner coordinates)."""
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    atomic_save(img, Path(path))
+    return Path(path)
 
 
 def atomic_save(img: nib.Nifti1Image, path: Path) -> None:
@@ -126,4 +204,61 @@ def save_segmentation(labels: np.ndarray, like: Scan, path: str | Path) -> Path:
     native = native.reshape(like.file_shape, order="A") if like.file_shape != like.native_shape else native
     img = label_image(native, like)
     atomic_save(img, path)
+    return path
+
+
+class LabelPlanes(Protocol):
+    """Canonical labels that hand out one plane at a time (e.g.
+    :class:`kidedge.runtime.labelmap.SparseLabels`): ``shape`` is the canonical (slice,
+    row, column) shape, ``plane(axis, index)`` the uint8 block ``[index]`` along ``axis``
+    with that axis kept at length 1."""
+
+    shape: tuple[int, int, int]
+
+    def plane(self, axis: int, index: int) -> np.ndarray: ...
+
+
+def _label_header(like: Scan):
+    """The header :func:`save_segmentation` gives a label map of ``like`` (same steps, on
+    a zero-cost broadcast array of the file's shape)."""
+    img = label_image(np.broadcast_to(np.zeros((), np.uint8), like.file_shape), like)
+    img.update_header()
+    return img.header
+
+
+def save_segmentation_planes(labels: LabelPlanes, like: Scan, path: str | Path) -> Path:
+    """Write canonical ``labels`` as a uint8 NIfTI in the geometry of the scan ``like``,
+    one native plane at a time: no whole-scan array exists while writing.
+
+    The data goes out in the file's (Fortran) order, one plane of the slowest native axis
+    at a time; the file is the one :func:`save_segmentation` writes for the same labels as
+    a dense array (same header, same bytes after decompression). Atomic, as every writer
+    here.
+
+    Raises:
+        KidedgeError: the labels do not fit the scan, or the path is the input, not a
+            NIfTI name, or not writable.
+    """
+    from nibabel.openers import Opener
+    from nibabel.volumeutils import seek_tell
+
+    path = check_output_path(path, like)
+    if tuple(labels.shape) != like.shape:
+        raise KidedgeError(f"{path}: labels of shape {tuple(labels.shape)} do not match the scan's canonical "
+                           f"shape {like.shape} ({like.source})")
+    header = _label_header(like)
+    orient = like.orientation
+    # the native axis written slowest (the last of the 3D native shape: trailing
+    # singleton axes of file_shape add no bytes), and where it lies in canonical order
+    canon_axis = int(orient.to_canonical[2, 0])
+    flipped = orient.to_canonical[2, 1] < 0
+    size = like.native_shape[2]
+    with atomic_target(path) as tmp:
+        with Opener(str(tmp), "wb") as f:
+            header.write_to(f)
+            seek_tell(f, header.get_data_offset(), write0=True)
+            for j in range(size):
+                block = labels.plane(canon_axis, size - 1 - j if flipped else j)
+                native = orient.native(block)  # (n0, n1, 1) in native axis order
+                f.write(native[:, :, 0].tobytes(order="F"))
     return path

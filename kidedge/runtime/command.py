@@ -73,10 +73,10 @@ def segment_job(job: ScanJob, segmenter: Segmenter, gate: bool = True,
             is not allowed. Nothing is written then.
     """
     from kidedge.io import load_scan
-    from kidedge.io.writer import check_output_path
-    from kidedge.package import write_json_atomic
+    from kidedge.io.writer import check_output_path, write_json_atomic
+    from kidedge.io.writer import save_segmentation_planes as save_sparse_segmentation
     from kidedge.postprocess import class_volumes_ml, postprocess_labels
-    from kidedge.runtime.labelmap import box_affine, save_sparse_segmentation
+    from kidedge.runtime.labelmap import box_affine
 
     scan = load_scan(job.scan)
     check_output_path(job.output, like=scan)

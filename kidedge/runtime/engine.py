@@ -18,7 +18,6 @@ import contextlib
 import numpy as np
 
 from kidedge.errors import KidedgeError
-from kidedge.preprocess import PreprocessSpec
 from kidedge.runtime.backends.registry import BackendChoice, create_backend
 from kidedge.runtime.blas_threads import SingleThreadedBlas
 from kidedge.runtime.gating import CascadeGate
@@ -29,7 +28,7 @@ from kidedge.runtime.profiling import Profiler
 
 def check_package_runnable(package) -> None:
     """Refuse packages this streaming runtime cannot run, in one line."""
-    dim = package.manifest.get("dimensionality")
+    dim = package.manifest.dimensionality
     if dim != "2d":
         raise KidedgeError(
             f"{package.source}: a {dim} package; the streaming runtime runs 2D (slice-wise) packages only "
@@ -37,7 +36,7 @@ def check_package_runnable(package) -> None:
     if len(package.stages) > 2:
         raise KidedgeError(f"{package.source}: {len(package.stages)} stages; the runtime runs one stage or a two-stage cascade")
     if len(package.stages) == 2:
-        seg = [s for s in package.stages if s.get("roi")]
+        seg = [s for s in package.stages if s.roi is not None]
         if len(seg) != 1:
             raise KidedgeError(f"{package.source}: a two-stage package needs exactly one stage with an roi")
 
@@ -92,8 +91,8 @@ class Segmenter:
         if len(package.stages) == 1:
             self.localiser, self.segmenter = None, package.stages[0]
         else:
-            self.segmenter = next(s for s in package.stages if s.get("roi"))
-            self.localiser = package.stage(self.segmenter["roi"]["source_stage"])
+            self.segmenter = next(s for s in package.stages if s.roi is not None)
+            self.localiser = package.stage(self.segmenter.roi.source_stage)
         self.backends: dict = {}
         self._stack = contextlib.ExitStack()
 
@@ -104,7 +103,7 @@ class Segmenter:
             for stage in ([self.localiser] if self.localiser else []) + [self.segmenter]:
                 backend = create_backend(self.choice, self.package, stage, max_batch=self.batch,
                                          threads=self.threads)
-                self.backends[stage["name"]] = self._stack.enter_context(backend)
+                self.backends[stage.name] = self._stack.enter_context(backend)
         except BaseException:
             self._stack.close()
             raise
@@ -149,7 +148,7 @@ class Segmenter:
         n, rows, cols = scan.shape
         labels = SparseLabels((n, rows, cols))
         seg = self.segmenter
-        seg_backend = self.backends[seg["name"]]
+        seg_backend = self.backends[seg.name]
         common = dict(batch=self.batch, slab_size=self.slab_size)
         if self.localiser is None or not gate:
             run_stage(scan, seg_backend, seg, lambda a, b, lab: labels.write(a, lab), profiler, name="segment", **common)
@@ -158,13 +157,8 @@ class Segmenter:
             return labels, {"enabled": False, "reason": reason, "slices_total": n,
                             "skipped_slice_fraction": 0.0, "skipped_pixel_fraction": 0.0}
 
-        roi_cfg = seg["roi"]
-        seg_spec = PreprocessSpec.from_dict(seg["preprocess"])
-        inp = seg.get("input", {})
-        fixed_native = seg_spec.in_plane == "native" and inp.get("height") is not None
-        g = CascadeGate(scan.shape, scan.spacing, roi_cfg.get("labels", [1, 2, 3]),
-                        float(roi_cfg.get("margin_mm", 10.0)), crop_in_plane=not fixed_native)
-        run_stage(scan, self.backends[self.localiser["name"]], self.localiser,
+        g = CascadeGate.for_stage(seg, scan.shape, scan.spacing)
+        run_stage(scan, self.backends[self.localiser.name], self.localiser,
                   lambda a, b, lab: g.add(a, lab), profiler, label_grid="model", name="localise", **common)
         profiler.count("localise_slices", n)
         roi = g.region()

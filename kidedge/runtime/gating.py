@@ -18,6 +18,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from kidedge.package import Stage
+
 #: Stage-1 regions kept for the box: the largest ones (two kidneys) ...
 KEEP_REGIONS = 2
 #: ... each at least this fraction of the largest (smaller ones are stray detections).
@@ -78,6 +80,13 @@ class CascadeGate:
         self.hits: dict[int, np.ndarray] = {}
         self._region: RegionOfInterest | None = None
         self._region_ready = False
+
+    @classmethod
+    def for_stage(cls, stage: Stage, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> CascadeGate:
+        """The gate of a cascade's segment ``stage`` on a scan: the stage's ROI rule; only
+        slices are gated when the stage takes whole slices of one fixed native size."""
+        fixed_native = stage.preprocess.in_plane == "native" and stage.input.height is not None
+        return cls(shape, spacing, stage.roi.labels, stage.roi.margin_mm, crop_in_plane=not fixed_native)
 
     def add(self, start: int, labels_lowres: np.ndarray) -> None:
         """Record stage 1's labels for slices ``start : start + n``.

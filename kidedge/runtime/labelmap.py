@@ -1,4 +1,4 @@
-"""The scan's label map held sparsely, and written out plane by plane.
+"""The scan's label map held sparsely, handed out plane by plane for writing.
 
 A dense uint8 label volume of a 512 x 512 x 1000 scan is 250 MiB, and a boolean mask of
 it (for a bounding box or a volume count) another 250 MiB: the runtime's peak memory
@@ -6,21 +6,15 @@ would grow with the scan's length. Kidneys do not: they span a few hundred cm^3 
 the scan covers. :class:`SparseLabels` therefore keeps, for each slice that has any
 non-zero label, only the crop of that slice around its labels; empty slices cost nothing.
 Post-processing and volumes work on the dense bounding box of the labels
-(:meth:`SparseLabels.dense_box`), and :func:`save_sparse_segmentation` writes the NIfTI
-in the input's exact geometry one native plane at a time, so no whole-scan array exists
-at any point (``benchmarks/bench_runtime_memory.py`` measures this).
-
-The file written is the one :func:`kidedge.io.save_segmentation` writes for the dense
-volume (same header, same bytes after decompression): the test suite checks that.
+(:meth:`SparseLabels.dense_box`), and :func:`kidedge.io.writer.save_segmentation_planes`
+writes the NIfTI in the input's exact geometry one native plane at a time (from
+:meth:`SparseLabels.plane`), so no whole-scan array exists at any point
+(``benchmarks/bench_runtime_memory.py`` measures this).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-from kidedge.errors import KidedgeError
 
 
 class SparseLabels:
@@ -131,54 +125,6 @@ class SparseLabels:
             elif axis == 2 and c0 <= index < c0 + crop.shape[1]:
                 out[k, r0:r0 + crop.shape[0], 0] = crop[:, index - c0]
         return out
-
-
-def _label_header(like):
-    """The header :func:`kidedge.io.save_segmentation` gives a label map of ``like``
-    (same steps, on a zero-cost broadcast array of the file's shape)."""
-    from kidedge.io.writer import label_image
-
-    img = label_image(np.broadcast_to(np.zeros((), np.uint8), like.file_shape), like)
-    img.update_header()
-    return img.header
-
-
-def save_sparse_segmentation(labels: SparseLabels, like, path: str | Path) -> Path:
-    """Write ``labels`` as a uint8 NIfTI in the geometry of the scan ``like``, streaming.
-
-    The data goes out in the file's (Fortran) order, one plane of the slowest native axis
-    at a time, built from the sparse labels; it is written to a hidden temporary name
-    beside ``path`` and renamed into place, so a failure leaves no partial file.
-
-    Raises:
-        KidedgeError: the labels do not fit the scan, or the path is the input, not a
-            NIfTI name, or not writable.
-    """
-    from nibabel.openers import Opener
-    from nibabel.volumeutils import seek_tell
-
-    from kidedge.io.writer import atomic_target, check_output_path
-
-    path = check_output_path(path, like)
-    if tuple(labels.shape) != like.shape:
-        raise KidedgeError(f"{path}: labels of shape {tuple(labels.shape)} do not match the scan's canonical "
-                           f"shape {like.shape} ({like.source})")
-    header = _label_header(like)
-    orient = like.orientation
-    # the native axis written slowest (the last of the 3D native shape: trailing
-    # singleton axes of file_shape add no bytes), and where it lies in canonical order
-    canon_axis = int(orient.to_canonical[2, 0])
-    flipped = orient.to_canonical[2, 1] < 0
-    size = like.native_shape[2]
-    with atomic_target(path) as tmp:
-        with Opener(str(tmp), "wb") as f:
-            header.write_to(f)
-            seek_tell(f, header.get_data_offset(), write0=True)
-            for j in range(size):
-                block = labels.plane(canon_axis, size - 1 - j if flipped else j)
-                native = orient.native(block)  # (n0, n1, 1) in native axis order
-                f.write(native[:, :, 0].tobytes(order="F"))
-    return path
 
 
 def box_affine(canonical_affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:

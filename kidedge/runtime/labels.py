@@ -8,8 +8,11 @@ volume of the whole scan ever exists.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from kidedge.package import StageOutput
 from kidedge.preprocess import resize_linear
 
 #: Sigmoid channels are read as "logit > 0", i.e. probability > 0.5.
@@ -18,7 +21,7 @@ SIGMOID_THRESHOLD_LOGIT = 0.0
 
 def logits_to_labels(
     logits: np.ndarray,
-    output: dict,
+    output: StageOutput | Mapping,
     content_size: tuple[int, int],
     target_size: tuple[int, int],
     out: np.ndarray | None = None,
@@ -28,7 +31,8 @@ def logits_to_labels(
     Args:
         logits: float ``(n, K, h, w)`` network output (``h, w`` may include padding added
             by ``pad_multiple``, which is cut off first).
-        output: the stage's ``output`` dict: ``activation`` ``"softmax"`` (label of the
+        output: the stage's :class:`kidedge.package.StageOutput` (or its JSON form, as
+            training runs record it): ``activation`` ``"softmax"`` (label of the
             arg-max channel, mapped through ``labels``: channel i -> ``labels[i]``) or
             ``"sigmoid"`` (channel i, where its probability exceeds 0.5, paints
             ``labels[i]``; later channels paint over earlier ones, so hierarchical regions
@@ -43,10 +47,12 @@ def logits_to_labels(
     if logits.ndim != 4:
         raise ValueError(f"expected logits (n, K, h, w), got shape {logits.shape}")
     n, k = logits.shape[:2]
-    label_values = np.asarray(output.get("labels", list(range(k))), dtype=np.uint8)
+    if isinstance(output, Mapping):  # a training run's stage output (its JSON form)
+        output = StageOutput(output.get("activation", "softmax"), tuple(output.get("labels", range(k))))
+    label_values = np.asarray(output.labels, dtype=np.uint8)
     if label_values.size != k:
         raise ValueError(f"the stage declares {label_values.size} output labels but the model gives {k} channels")
-    activation = output.get("activation", "softmax")
+    activation = output.activation
     h0, w0 = int(content_size[0]), int(content_size[1])
     th, tw = int(target_size[0]), int(target_size[1])
     if out is None:

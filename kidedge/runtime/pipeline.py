@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from kidedge.errors import KidedgeError
+from kidedge.package import Stage
 from kidedge.preprocess import PreprocessSpec, output_size, padded_size, preprocess_slices
 from kidedge.runtime.backends.base import Backend
 from kidedge.runtime.gating import RegionOfInterest
@@ -91,7 +92,7 @@ def _put(q: queue.Queue, item, abort: threading.Event) -> bool:
 def run_stage(
     scan,
     backend: Backend,
-    stage: dict,
+    stage: Stage,
     sink: Callable[[int, int, np.ndarray], None],
     profiler: Profiler,
     region: RegionOfInterest | None = None,
@@ -106,7 +107,7 @@ def run_stage(
     Args:
         scan: a :class:`kidedge.io.Scan`.
         backend: an activated backend for this stage.
-        stage: the package's stage dict (``preprocess``, ``input``, ``output``).
+        stage: the package's :class:`kidedge.package.Stage` (preprocessing, input, output).
         sink: called as ``sink(start, stop, labels)`` per micro-batch, in slice order, with
             uint8 labels ``(stop - start, h, w)`` on the grid chosen by ``label_grid``.
         profiler: where stage times and batch latencies go.
@@ -122,7 +123,7 @@ def run_stage(
     Returns:
         Number of slices run.
     """
-    spec = PreprocessSpec.from_dict(stage["preprocess"])
+    spec = stage.preprocess
     n, rows, cols = scan.shape
     roi = region or RegionOfInterest(0, n, 0, rows, 0, cols)
     full_crop = (roi.row_start, roi.row_stop, roi.col_start, roi.col_stop) == (0, rows, 0, cols)
@@ -166,7 +167,7 @@ def run_stage(
                 return
             a, b, logits = item
             with profiler.stage(f"{name}.labels"):
-                labels = logits_to_labels(logits, stage["output"], content, target)
+                labels = logits_to_labels(logits, stage.output, content, target)
             with profiler.stage(f"{name}.sink"):
                 sink(a, b, labels)
 
@@ -218,14 +219,13 @@ def run_stage(
     return done
 
 
-def _check_input_size(stage: dict, spec: PreprocessSpec, net_size: tuple[int, int], scan) -> None:
+def _check_input_size(stage: Stage, spec: PreprocessSpec, net_size: tuple[int, int], scan) -> None:
     """Refuse a fixed-size model that the preprocessed slices do not fit."""
-    inp = stage.get("input", {})
-    fixed = (inp.get("height"), inp.get("width"))
-    if fixed[0] is not None and fixed[1] is not None and tuple(fixed) != tuple(net_size):
+    fixed = stage.input.fixed_size
+    if fixed is not None and tuple(fixed) != tuple(net_size):
         raise KidedgeError(
-            f"{scan.source}: stage {stage['name']!r} takes {fixed[0]}x{fixed[1]} slices but this scan's "
+            f"{scan.source}: stage {stage.name!r} takes {fixed[0]}x{fixed[1]} slices but this scan's "
             f"{scan.shape[1]}x{scan.shape[2]} slices preprocess to {net_size[0]}x{net_size[1]}")
-    if inp.get("channels") is not None and inp["channels"] != spec.channels:
-        raise KidedgeError(f"stage {stage['name']!r}: input has {inp['channels']} channels but its "
+    if stage.input.channels != spec.channels:
+        raise KidedgeError(f"stage {stage.name!r}: input has {stage.input.channels} channels but its "
                            f"preprocessing gives {spec.channels}")

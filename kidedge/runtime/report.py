@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kidedge.package import write_json_atomic
+from kidedge.io.writer import write_json_atomic
 
 
 def write_report_json(report: dict, path: str | os.PathLike) -> None:

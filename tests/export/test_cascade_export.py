@@ -68,7 +68,7 @@ def cascade(tmp_path_factory):
 def test_cascade_int8_percentile_calibrates_on_the_run_split(cascade):
     run, data, out = cascade
     pkg = ModelPackage.load(out)
-    rep = pkg.manifest["export_report"]
+    rep = pkg.manifest.export_report
     assert rep["held_out_source"] == f"run split 'test' of {data}"
     assert rep["held_out_cases"][0].endswith("case_00002/imaging.nii.gz")
     for stage in ("localise", "segment"):
@@ -82,7 +82,7 @@ def test_cascade_int8_percentile_calibrates_on_the_run_split(cascade):
     seg_cal = rep["quantisation"]["segment"]["calibration"]
     assert len(seg_cal["cropped_to"]) == 2 and all(v % 8 == 0 for v in seg_cal["cropped_to"])
     assert "cropped_to" not in rep["quantisation"]["localise"]["calibration"]  # fixed 64x64
-    assert pkg.stage("segment")["input"]["height"] is None  # native: any size
+    assert pkg.stage("segment").input.height is None  # native: any size
     assert verify_package(out, quiet=True) == 0
 
 
@@ -92,7 +92,7 @@ def test_phantoms_when_asked_and_float_layers_none(cascade, tmp_path):
     export_run(run, out, int8=True, calib_method="minmax", data="phantoms", float_nodes="none",
                volume_shape=(8, 96, 96), spacing=(3.0, 3.0, 3.0), held_out_cases=1, calib_cases=1,
                slices_per_case=3, parity_slices=2, model_factory=tiny_factory, quiet=True)
-    rep = ModelPackage.load(out).manifest["export_report"]
+    rep = ModelPackage.load(out).manifest.export_report
     assert rep["held_out_source"] == "phantoms"
     q = rep["quantisation"]["segment"]
     assert q["calibration"]["source"] == "phantoms"

@@ -19,16 +19,16 @@ from .conftest import EXPORT_KW, make_run
 
 def test_full_package_manifest(full_package):
     pkg = ModelPackage.load(full_package)
-    m = pkg.manifest
+    m = pkg.manifest.to_dict()  # the JSON as written
     assert m["format"] == "kidedge.package" and m["dimensionality"] == "2d" and m["input_layout"] == "NCHW"
     assert m["classes"]["2"] == "tumour" and m["architecture"] == "tiny_unet"
     (stage,) = pkg.stages
     assert pkg.available_precisions("seg") == ["fp32", "fp16", "int8-cpu", "int8-trt", "torch"]
-    assert stage["input"] == {"name": "image", "channels": 1, "height": 96, "width": 96, "dtype": "float32", "layout": "NCHW"}
-    assert stage["output"]["name"] == "logits" and stage["output"]["labels"] == [0, 1, 2, 3]
+    assert stage.input.to_dict() == {"name": "image", "channels": 1, "height": 96, "width": 96, "dtype": "float32", "layout": "NCHW"}
+    assert stage.output.name == "logits" and stage.output.labels == (0, 1, 2, 3)
     assert pkg.preprocess_spec("seg").size == (96, 96)
     assert all(v == "ok" for v in pkg.verify_hashes().values())
-    assert stage["parity"]["fp32"]["max_abs_diff"] < 1e-3
+    assert stage.parity["fp32"]["max_abs_diff"] < 1e-3
     # Provenance and the export report.
     prov = m["provenance"]
     assert prov["recipe"] == "tiny-test" and prov["training_metrics"] == {"val_dice": 0.5}
@@ -90,8 +90,8 @@ def test_cascade_exports_both_stages_with_roi(tmp_path):
     run = make_run(tmp_path, stages=("localise", "segment"), train=False)
     export_run(run, tmp_path / "pkg", **EXPORT_KW)
     pkg = ModelPackage.load(tmp_path / "pkg")
-    assert [s["role"] for s in pkg.stages] == ["localise", "segment"]
-    assert pkg.stage("segment")["roi"]["source_stage"] == "localise"
+    assert [s.role for s in pkg.stages] == ["localise", "segment"]
+    assert pkg.stage("segment").roi.source_stage == "localise"
     assert pkg.file_path("localise", "fp32") != pkg.file_path("segment", "fp32")
 
 
@@ -142,7 +142,7 @@ def test_calibration_from_a_ct_dataset(tmp_path, run_dir):
         _write_kits_case(data / f"case_{i:05d}", simple_synthetic_volume(50 + i, (12, 96, 96), (3.0, 3.0, 3.0)))
     out = tmp_path / "pkg"
     export_run(run_dir, out, int8=True, calib=data, calib_method="entropy", **EXPORT_KW)
-    cal = ModelPackage.load(out).manifest["export_report"]["quantisation"]["seg"]["calibration"]
+    cal = ModelPackage.load(out).manifest.export_report["quantisation"]["seg"]["calibration"]
     assert cal["source"] == str(data) and cal["method"] == "entropy" and cal["cases"] == 2
     assert [p.split("/")[-2] for p in cal["sources"]] == ["case_00000", "case_00001"]
     assert cal["slices_by_category"]["tumour_or_cyst"] > 0

@@ -8,8 +8,9 @@ import pytest
 
 from kidedge.errors import KidedgeError
 from kidedge.io import load_scan, save_segmentation
+from kidedge.io.writer import save_segmentation_planes as save_sparse_segmentation
 from kidedge.postprocess import class_volumes_ml
-from kidedge.runtime.labelmap import SparseLabels, box_affine, save_sparse_segmentation
+from kidedge.runtime.labelmap import SparseLabels, box_affine
 
 from .synthetic import kits_affine, make_ct, write_nifti
 

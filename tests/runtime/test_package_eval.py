@@ -40,7 +40,7 @@ def test_scores_the_split_part_and_records_it(tmp_path, dataset):
 
     record_in_manifest(pkg, ev)
     loaded = ModelPackage.load(pkg)
-    recorded = loaded.manifest["provenance"]["evaluation"]
+    recorded = loaded.manifest.provenance["evaluation"]
     assert recorded["by_precision"]["fp32"]["mean"]["kidney_dice"] == res["mean"]["kidney_dice"]
     assert "per_case" not in recorded["by_precision"]["fp32"]
     loaded.verify_hashes()  # model files and their hashes are untouched

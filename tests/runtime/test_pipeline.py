@@ -1,3 +1,4 @@
+import dataclasses
 import threading
 
 import numpy as np
@@ -5,6 +6,8 @@ import pytest
 
 from kidedge.errors import KidedgeError
 from kidedge.io import load_scan
+from kidedge.package import Stage, StageInput, StageOutput
+from kidedge.preprocess import PreprocessSpec
 from kidedge.runtime.backends.base import Backend
 from kidedge.runtime.gating import RegionOfInterest
 from kidedge.runtime.pipeline import iter_slabs, run_stage
@@ -12,9 +15,8 @@ from kidedge.runtime.profiling import Profiler
 
 from .synthetic import kits_affine, write_nifti
 
-STAGE = {"name": "s", "preprocess": {"hu_window": [-100.0, 400.0], "normalisation": "range"},
-         "input": {"name": "image", "channels": 1, "height": None, "width": None},
-         "output": {"activation": "softmax", "labels": [0, 1]}}
+STAGE = Stage("s", "segment", PreprocessSpec(hu_window=(-100.0, 400.0), normalisation="range"),
+              StageInput("image", 1), StageOutput("softmax", (0, 1)), files={})
 
 
 class Threshold(Backend):
@@ -99,7 +101,7 @@ def test_sink_error_propagates(scan):
 
 def test_fixed_size_model_that_does_not_fit_is_refused(scan):
     s, _ = scan
-    stage = dict(STAGE, input={"name": "image", "channels": 1, "height": 32, "width": 32})
+    stage = dataclasses.replace(STAGE, input=StageInput("image", 1, height=32, width=32))
     with Threshold() as b, Profiler(gpu=False, power=False) as prof:
         with pytest.raises(KidedgeError, match="takes 32x32"):
             run_stage(s, b, stage, lambda *a: None, prof)

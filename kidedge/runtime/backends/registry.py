@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from kidedge.errors import KidedgeError
+from kidedge.package import PlanKey, Stage
 from kidedge.runtime.backends.base import Backend
 from kidedge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from kidedge.runtime.backends.onnxruntime_backend import available_devices as ort_devices
@@ -107,31 +108,30 @@ def _resolve_files(package, backend: str, device: str, precision: str) -> dict[s
     """Stage name -> file key for this backend, or KidedgeError naming what is missing."""
     files = {}
     for stage in package.stages:
-        have = stage["files"]
         if backend == "onnxruntime":
             keys = _onnx_keys(device, precision)
-            key = next((k for k in keys if k in have), None)
+            key = next((k for k in keys if k in stage.files), None)
             if key is None:
                 raise KidedgeError(
-                    f"{package.source}: stage {stage['name']!r} has no {precision if precision != 'auto' else keys[-1]} "
-                    f"ONNX model for onnxruntime on {device} (has {package.available_precisions(stage['name'])})")
+                    f"{package.source}: stage {stage.name!r} has no {precision if precision != 'auto' else keys[-1]} "
+                    f"ONNX model for onnxruntime on {device} (has {stage.precisions})")
         elif backend == "torch":
             if precision == "int8":
                 raise KidedgeError("the torch backend has no int8; use --backend onnxruntime or tensorrt")
-            if "torch" not in have:
-                raise KidedgeError(f"{package.source}: stage {stage['name']!r} has no torch state_dict for --backend torch")
+            if "torch" not in stage.files:
+                raise KidedgeError(f"{package.source}: stage {stage.name!r} has no torch state_dict for --backend torch")
             key = "torch"
         elif backend == "tensorrt":
             order = ("fp16", "fp32", "int8") if precision == "auto" else (precision,)
-            key = match_plan(have.get("tensorrt", {}), tensorrt_version(), gpu_name(), order)
+            key = match_plan(stage.plans, tensorrt_version(), gpu_name(), order)
             if key is None:
                 raise KidedgeError(
-                    f"{package.source}: stage {stage['name']!r} has no {'' if precision == 'auto' else precision + ' '}"
+                    f"{package.source}: stage {stage.name!r} has no {'' if precision == 'auto' else precision + ' '}"
                     f"TensorRT plan for TensorRT {tensorrt_version()} on {gpu_name()} "
-                    f"(plans: {sorted(have.get('tensorrt', {})) or 'none'}); use --backend onnxruntime")
+                    f"(plans: {sorted(stage.plans) or 'none'}); use --backend onnxruntime")
         else:
             raise KidedgeError(f"unknown backend {backend!r} (one of {BACKENDS})")
-        files[stage["name"]] = key
+        files[stage.name] = key
     return files
 
 
@@ -140,8 +140,8 @@ def _precision_word(backend: str, device: str, files: dict[str, str], precision:
         return "fp16" if (precision in ("auto", "fp16") and device == "cuda") else "fp32"
     key = next(iter(files.values()))
     if backend == "tensorrt":
-        return key.split("-")[-2] if key.count("-") >= 2 else key
-    return key.split("-")[0]
+        return PlanKey.parse(key).precision
+    return key.split("-")[0]  # int8-cpu / int8-trt -> int8
 
 
 def select_backend(package, backend: str = "auto", precision: str = "auto") -> BackendChoice:
@@ -191,27 +191,26 @@ def select_backend(package, backend: str = "auto", precision: str = "auto") -> B
                          f"--backend {backend}")
 
 
-def create_backend(choice: BackendChoice, package, stage: dict, max_batch: int = 8,
+def create_backend(choice: BackendChoice, package, stage: Stage, max_batch: int = 8,
                    threads: int | None = None) -> Backend:
     """The (not yet activated) backend of one stage; the model file's hash is checked here.
 
     Args:
         choice: from :func:`select_backend`.
         package: the :class:`kidedge.package.ModelPackage`.
-        stage: one of ``package.stages``.
+        stage: one of ``package.stages`` (a :class:`kidedge.package.Stage`).
         max_batch: micro-batch size (TensorRT sizes its buffers for it).
         threads: CPU threads for onnxruntime / torch on CPU (None: library default).
     """
-    key = choice.files[stage["name"]]
-    path = package.file_path(stage["name"], key)
+    key = choice.files[stage.name]
+    path = package.file_path(stage.name, key)
     if choice.backend == "onnxruntime":
         return OnnxRuntimeBackend(path, device=choice.device, threads=threads)
     if choice.backend == "tensorrt":
         return TensorRTBackend(path, max_batch=max_batch)
     from kidedge.runtime.backends.torch_backend import TorchBackend
 
-    return TorchBackend(stage.get("arch", package.manifest.get("architecture")), stage.get("model_kwargs", {}),
-                        path, device=choice.device, precision=choice.precision, threads=threads)
+    return TorchBackend(stage.arch or package.manifest.architecture, dict(stage.model_kwargs), path, device=choice.device, precision=choice.precision, threads=threads)
 
 
 def default_threads() -> int | None:

@@ -27,12 +27,11 @@ synchronise per batch.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
-from kidedge.package import slugify
+from kidedge.package import PlanKey
 from kidedge.runtime.backends.base import Backend, BackendUnavailable
 
 
@@ -58,29 +57,19 @@ def gpu_name() -> str | None:
         return None
 
 
-_PLAN_KEY = re.compile(r"^trt(?P<version>[0-9.]+)-(?P<gpu>[a-z0-9_]+)-sm(?P<cc>[0-9]+)-(?P<precision>[a-z0-9]+)-")
-
-
 def match_plan(plans: dict, trt_version: str | None, gpu: str | None,
                precisions: tuple[str, ...] = ("fp16", "fp32", "int8")) -> str | None:
     """Pick the key of a TensorRT plan built for this TensorRT version and GPU.
 
-    A plan only runs on the TensorRT version (major.minor.patch) and GPU it was built for;
-    keys are ``trt{version}-{gpu_slug}-sm{cc}-{precision}-{onnx_sha[:12]}``
-    (:func:`kidedge.package.tensorrt_key`). Among matching plans the first precision in
+    A plan only runs on the TensorRT version (major.minor.patch) and GPU it was built for
+    (:class:`kidedge.package.PlanKey`). Among matching plans the first precision in
     ``precisions`` wins. Returns None when no plan matches.
     """
-    if not plans or not trt_version or not gpu:
-        return None
-    want_version = ".".join(str(trt_version).split(".")[:3])
-    want_gpu = slugify(gpu)
     found = {}
     for key in plans:
-        m = _PLAN_KEY.match(key)
-        if not m:
-            continue
-        if ".".join(m["version"].split(".")[:3]) == want_version and m["gpu"] == want_gpu:
-            found.setdefault(m["precision"], key)
+        parsed = PlanKey.parse(key)
+        if parsed is not None and parsed.runs_on(trt_version, gpu):
+            found.setdefault(parsed.precision, key)
     for p in precisions:
         if p in found:
             return found[p]

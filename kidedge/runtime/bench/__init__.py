@@ -72,7 +72,7 @@ def plan_variants(package, quick: bool = False, monai: bool | None = None, torch
 
     have_torch = importlib.util.find_spec("torch") is not None if torch is None else torch
     have_monai = importlib.util.find_spec("monai") is not None if monai is None else monai
-    every = set.intersection(*(set(s["files"]) for s in package.stages))
+    every = set.intersection(*(set(s.files) for s in package.stages))
     cascade = len(package.stages) > 1
     out = [Variant("floor", "read + decompress only (floor)", "floor", "floor")]
     if have_torch and "torch" in every:
@@ -125,7 +125,7 @@ def _default_labels() -> Path | None:
 
 
 def _package_id(package) -> str:
-    text = json.dumps(package.manifest, sort_keys=True, default=str)
+    text = json.dumps(package.manifest.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -435,10 +435,9 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
                          if load_start is not None else None),
         "machine": machine,
         "model": {"name": package.name, "path": str(model), "source": model_source, "package_id": pid,
-                  "stages": [{"name": s["name"], "role": s.get("role"), "arch": s.get("arch"),
-                              "input": s.get("preprocess", {}).get("in_plane") + (
-                                  f" {s['preprocess'].get('size')}" if s.get("preprocess", {}).get("size") else ""),
-                              "files": sorted(k for k in s["files"] if k != "tensorrt")} for s in package.stages]},
+                  "stages": [{"name": s.name, "role": s.role, "arch": s.arch,
+                              "input": s.preprocess.in_plane + (f" {list(s.preprocess.size)}" if s.preprocess.size else ""),
+                              "files": sorted(s.files)} for s in package.stages]},
         "method": _method_lines(quick, threads),
         "scans": [s.to_dict() for s in scans],
         "variants": [v.to_dict() for v in variants],

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kidedge.preprocess import PreprocessSpec, context_indices, output_size, preprocess_slices
+from kidedge.package import Stage
+from kidedge.preprocess import context_indices, output_size, preprocess_slices
 
 
 class _Timer:
@@ -73,11 +74,11 @@ class TorchBaseline:
         self.package = ModelPackage.load(model)
         self.models = {}
         for stage in self.package.stages:
-            net = build_model(stage["arch"], **(stage.get("model_kwargs") or {}))
-            state = torch.load(self.package.file_path(stage["name"], "torch"), map_location="cpu",
+            net = build_model(stage.arch, **stage.model_kwargs)
+            state = torch.load(self.package.file_path(stage.name, "torch"), map_location="cpu",
                                weights_only=True)
             net.load_state_dict(state)
-            self.models[stage["name"]] = net.eval().to(device)
+            self.models[stage.name] = net.eval().to(device)
 
     # -- what the subclasses provide -------------------------------------------------
     def load_volume(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -89,36 +90,36 @@ class TorchBaseline:
         raise NotImplementedError
 
     # -- the flow ---------------------------------------------------------------------
-    def _stage_labels(self, stage: dict, volume: np.ndarray, spacing, timer: _Timer,
+    def _stage_labels(self, stage: Stage, volume: np.ndarray, spacing, timer: _Timer,
                       grid: str = "scan") -> np.ndarray:
         """uint8 labels of one stage over the whole volume; ``grid="model"`` keeps them on
         the stage's own (unpadded) output grid, as the runtime hands a localiser's labels
         to the cascade gate."""
         torch = self.torch
-        spec = PreprocessSpec.from_dict(stage["preprocess"])
+        spec = stage.preprocess
         n = volume.shape[0]
         t0 = time.perf_counter()
         hu = volume if spec.context == 0 else volume[context_indices(0, n, spec.context, n)]
         x = preprocess_slices(hu, spec, spacing[1:])  # the whole volume at once, as the papers do
         del hu
-        timer.add(f"{stage['name']}.preprocess", t0)
+        timer.add(f"{stage.name}.preprocess", t0)
         t0 = time.perf_counter()
-        logits = self.infer_volume(x, self.models[stage["name"]])  # (n, K, h, w) float32, whole scan
+        logits = self.infer_volume(x, self.models[stage.name])  # (n, K, h, w) float32, whole scan
         del x
-        timer.add(f"{stage['name']}.infer", t0)
+        timer.add(f"{stage.name}.infer", t0)
         t0 = time.perf_counter()
-        output = stage["output"]
+        output = stage.output
         content = output_size(spec, volume.shape[1:], spacing[1:])
         target = tuple(volume.shape[1:]) if grid == "scan" else tuple(content)
-        values = np.asarray(output.get("labels", list(range(logits.shape[1]))), np.uint8)
-        if output.get("activation", "softmax") == "softmax" and tuple(content) == target \
+        values = np.asarray(output.labels, np.uint8)
+        if output.activation == "softmax" and tuple(content) == target \
                 and tuple(logits.shape[2:]) == target:
             labels = values[torch.argmax(logits, dim=1).numpy()]
         else:  # resampled or padded model grid, or sigmoid heads: kidedge's own conversion
             from kidedge.runtime.labels import logits_to_labels
 
             labels = logits_to_labels(logits.numpy(), output, content, target)
-        timer.add(f"{stage['name']}.argmax", t0)
+        timer.add(f"{stage.name}.argmax", t0)
         return labels
 
     def run(self) -> dict:
@@ -145,20 +146,15 @@ class TorchBaseline:
         timer.add("write", t0)
         return {"stages": timer.stages}
 
-    def _cascade(self, stages: list[dict], volume: np.ndarray, spacing, timer: _Timer) -> np.ndarray:
+    def _cascade(self, stages: tuple[Stage, ...], volume: np.ndarray, spacing, timer: _Timer) -> np.ndarray:
         from kidedge.runtime.gating import CascadeGate
 
-        localise = next(s for s in stages if s.get("role") == "localise")
-        segment = next(s for s in stages if s.get("role") == "segment")
+        segment = next(s for s in stages if s.roi is not None)
+        localise = next(s for s in stages if s.name == segment.roi.source_stage)
         coarse = self._stage_labels(localise, volume, spacing, timer, grid="model")
         fine = self._stage_labels(segment, volume, spacing, timer)
         t0 = time.perf_counter()
-        roi_spec = segment.get("roi") or {}
-        inp = segment.get("input") or {}
-        # The same box rule as kidedge.runtime.engine: whole slices for a fixed-size native input.
-        fixed_native = segment["preprocess"].get("in_plane") == "native" and inp.get("height") is not None
-        gate = CascadeGate(volume.shape, spacing, roi_spec.get("labels", [1, 2, 3]),
-                           float(roi_spec.get("margin_mm", 10.0)), crop_in_plane=not fixed_native)
+        gate = CascadeGate.for_stage(segment, volume.shape, spacing)  # the runtime's own box rule
         gate.add(0, coarse)
         region = gate.region()
         labels = np.zeros(volume.shape, np.uint8)
