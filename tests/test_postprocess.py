@@ -181,3 +181,15 @@ def test_volume_errors():
     bad[0, 0, 0] = 9
     with pytest.raises(KidedgeError, match="0..3"):
         class_volumes_ml(bad, (1, 1, 1))
+
+
+def test_dilate26_equals_binary_dilation_with_the_full_cube():
+    from scipy import ndimage
+
+    from kidedge.postprocess import _CONNECTIVITY, _dilate26
+
+    rng = np.random.default_rng(3)
+    for shape in ((1, 1, 1), (2, 5, 3), (9, 11, 7)):
+        mask = rng.random(shape) < 0.08
+        mask.flat[0] = mask.flat[-1] = True  # corners: the shifts must stop at the edges
+        np.testing.assert_array_equal(_dilate26(mask), ndimage.binary_dilation(mask, structure=_CONNECTIVITY))
