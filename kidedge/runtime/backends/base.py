@@ -43,11 +43,12 @@ class Backend(abc.ABC):
         return self
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """Run one micro-batch: float32 ``(N, C, H, W)`` -> float32 logits ``(N, K, H, W)``."""
+        """Run one micro-batch: float32 ``(N, C, H, W)`` -> float32 logits ``(N, K, H, W)``
+        (3D stages: ``(N, C, D, H, W)`` patches -> ``(N, K, D, H, W)``)."""
         if not self.is_active:
             raise RuntimeError(f"{type(self).__name__} must be activated before infer()")
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4D (N, C, H, W) batch, got shape {x.shape}")
+        if x.ndim not in (4, 5):
+            raise ValueError(f"expected a 4D (N, C, H, W) or 5D (N, C, D, H, W) batch, got shape {x.shape}")
         out = self._infer(np.ascontiguousarray(x, dtype=np.float32))
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
