@@ -39,7 +39,6 @@ from kidedge.export.onnx_export import (
     run_torch,
 )
 from kidedge.export.stage_inputs import (
-    block_input,
     slice_categories,
     slice_inputs,
     stage_spec,
@@ -102,9 +101,9 @@ def _library_versions() -> dict:
 def _parity_inputs(volume, stage: dict, dimensionality: str, n_slices: int, depth: int) -> np.ndarray:
     """Real preprocessed slices for parity: kidney/tumour slices first, then others."""
     if dimensionality == "3d":
-        n = volume.array.shape[0]
-        d = min(depth, n)
-        return block_input(volume, stage, max(0, (n - d) // 2), d)
+        from kidedge.export.export3d import parity_windows
+
+        return parity_windows(volume, stage)
     cats = slice_categories(volume)
     order = np.argsort(-cats, kind="stable")  # masses, kidney, background
     pick = np.sort(np.concatenate([order[: n_slices - 1], [int(np.argmin(cats))]]))
@@ -165,7 +164,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             kidneys (bounded export time).
         calib_cases, slices_per_case: calibration set size (phantoms or ``calib`` cases).
         parity_slices: slices for the ONNX-vs-PyTorch parity check.
-        depth: slices per block for 3D stages.
+        depth: unused (3D stages are checked, calibrated and scored on their patch, see
+            :mod:`kidedge.export.export3d`).
         cpu_format: ``"QDQ"`` or ``"QOperator"`` for int8-cpu (default: the measured choice).
         float_nodes: ``"rule"`` (first and last Conv stay float) or ``"none"``.
         threads: ONNX Runtime / torch threads used for checks.
@@ -235,7 +235,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
 
             # 1. fp32 ONNX + parity on real preprocessed slices.
             fp32_path = sdir / "fp32.onnx"
-            info = export_onnx(model, fp32_path, x[:1], dim, dynamic_hw=True)
+            # a 3D stage runs on its fixed patch: only the batch (windows per call) varies
+            info = export_onnx(model, fp32_path, x[:1], dim, dynamic_hw=dim != "3d")
             dyn = _check_dynamic_hw(model, fp32_path, x, threads) if dim == "2d" else None
             if dyn is not None and not dyn["ok"]:
                 if spec.in_plane != "size":
@@ -286,7 +287,12 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                     vols = (phantom_volume(1000 + i, volume_shape, spacing) for i in range(calib_cases))
                     calib_source = "phantoms"
                 say(f"stage {sname}: calibrating int8 ({calib_method}) on {calib_source}")
-                cin, csum = calibration_inputs(vols, st, dim, slices_per_case, depth)
+                if dim == "3d":
+                    from kidedge.export.export3d import calibration_windows
+
+                    cin, csum = calibration_windows(vols, st, slices_per_case)
+                else:
+                    cin, csum = calibration_inputs(vols, st, dim, slices_per_case, depth)
                 reader = SliceCalibrationReader(cin)
                 work = tmp / ".work" / sname
                 work.mkdir(parents=True)
@@ -297,8 +303,13 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                      "float_nodes_rule": "first and last Conv stay float" if float_nodes == "rule" else "none"}
                 for variant in ("int8-cpu", "int8-trt"):
                     path = sdir / f"{variant}.onnx"
-                    q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
-                                               cpu_format=cpu_format, calibration_cache=cache)
+                    if dim == "3d" and variant == "int8-cpu":  # + ORT CPU's per-layer float fallback
+                        from kidedge.export.export3d import quantize_cpu
+
+                        q[variant] = quantize_cpu(prepared, path, reader, calib_method, exclude, cpu_format, cache)
+                    else:
+                        q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
+                                                   cpu_format=cpu_format, calibration_cache=cache)
                     parity[variant] = compare_logits(torch_logits, run_onnx(ort_session(path, threads), x))
                     files[variant] = {"path": f"{sname}/{variant}.onnx"}
                     runners[variant] = _OrtRunner(path, threads)
@@ -312,6 +323,10 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 h, w = x.shape[-2:]
                 settings = {"channels": int(x.shape[1]), "height": int(h), "width": int(w),
                             "depth": int(x.shape[2]) if dim == "3d" else None, **(tensorrt_settings or {})}
+                if dim == "3d" and not (tensorrt_settings or {}).get("batches"):
+                    from kidedge.export.export3d import TRT_BATCHES
+
+                    settings["batches"] = TRT_BATCHES  # one bucket, the patch; a few windows per call
                 onnx_for = {"fp16": fp32_path}
                 if int8:
                     onnx_for["int8"] = sdir / "int8-trt.onnx"
@@ -359,6 +374,11 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
 def _fidelity(runners: dict, volumes, stage: dict, dim: str) -> dict:
     from kidedge.export.fidelity import fidelity_report
 
+    if dim == "3d":
+        from kidedge.export.export3d import fidelity_3d
+
+        return fidelity_3d(runners, volumes, stage)
+
     return fidelity_report(runners, volumes, stage, dim)
 
 
@@ -374,7 +394,12 @@ def _manifest_stage(st: dict, spec, x: np.ndarray, dim: str, files: dict, parity
                       "width": int(x.shape[-1]) if fixed else None,
                       "dtype": "float32", "layout": "NCDHW" if dim == "3d" else "NCHW"}
     if dim == "3d":
-        stage["input"]["depth"] = int(x.shape[2])
+        from kidedge.export.export3d import window_of
+
+        # the patch is the one input shape (and TensorRT bucket) of a 3D stage
+        d, h, w = (int(v) for v in x.shape[2:])
+        stage["input"].update(depth=d, height=h, width=w, buckets=[[h, w]])
+        stage["window"] = window_of(st).to_dict()
     stage["files"] = files
     stage["reference"] = {"path": f"{st['name']}/reference.npz", "max_abs_tolerance": FP32_TOLERANCE,
                           "compares": "fp32 ONNX (ONNX Runtime CPU) against PyTorch fp32 logits"}
