@@ -4,7 +4,7 @@ at its default (one thread per core), side by side on the same scan.
 Why: the runtime's reader thread resamples slices with matrix products while the engine's
 own thread pool uses the cores; a multi-threaded OpenBLAS on top oversubscribes a small
 CPU (see ``kidedge/runtime/blas_threads.py``). Each run is a fresh child process
-(:func:`kidedge.runtime.bench.measure.measure`, kidedge variant, onnxruntime fp32, gated);
+(:func:`kidedge.bench.measure.measure`, kidedge variant, onnxruntime fp32, gated);
 the two settings alternate, ``--repeats`` times each, and the medians are compared.
 
     python benchmarks/bench_blas_threads.py --model PACKAGE --image SCAN.nii.gz [--repeats 3]
@@ -31,8 +31,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
 
+    from kidedge.bench.measure import measure
     from kidedge.environment import describe, machine_label
-    from kidedge.runtime.bench.measure import measure
 
     settings = {"blas_1_thread": {"KIDEDGE_BLAS_THREADS": "1"}, "blas_default": {"KIDEDGE_BLAS_THREADS": "0"}}
     runs = {k: [] for k in settings}

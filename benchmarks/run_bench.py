@@ -1,6 +1,6 @@
 """Latency benchmark: kidedge against the papers' way and MONAI (issue 7).
 
-A thin script over :func:`kidedge.runtime.bench.run_bench` (what ``kidedge bench`` runs),
+A thin script over :func:`kidedge.bench.run_bench` (what ``kidedge bench`` runs),
 with the knobs a benchmark session needs. Results go to
 ``benchmarks/results/<machine>/`` (bench.json, bench.md, latency.png, memory.png).
 
@@ -42,9 +42,9 @@ def main() -> int:
     if args.rewrite_report:
         import json
 
-        from kidedge.runtime.bench import Variant, evaluate_targets
-        from kidedge.runtime.bench.report import write_report
-        from kidedge.runtime.bench.scans import BenchScan
+        from kidedge.bench import Variant, evaluate_targets
+        from kidedge.bench.report import write_report
+        from kidedge.bench.scans import BenchScan
 
         folder = Path(args.rewrite_report)
         results = json.loads((folder / "bench.json").read_text())
@@ -56,8 +56,8 @@ def main() -> int:
         write_report(results, folder)
         return 0
 
+    from kidedge.bench import run_bench
     from kidedge.errors import KidedgeError
-    from kidedge.runtime.bench import run_bench
 
     model = args.model
     work = Path(args.work_dir or os.environ.get("KIDEDGE_BENCH_CACHE", Path.home() / ".cache" / "kidedge" / "bench"))
@@ -65,7 +65,7 @@ def main() -> int:
         if args.untrained and model is None:
             model = work / "packages" / "kidedge_default-untrained"
             if not model.exists():
-                from kidedge.runtime.bench.untrained_package import export_untrained_package
+                from kidedge.bench.untrained_package import export_untrained_package
 
                 print(f"exporting kidedge_default with random weights to {model}", file=sys.stderr)
                 # minmax: the percentile calibrator of onnxruntime 1.32 fails on stage-2 ROI crops of

@@ -71,15 +71,29 @@ def main() -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--cases", default=3, show_default=True, type=click.IntRange(1, 10000), help="Number of cases.")
+@click.option("--cases", type=click.IntRange(1, 100000), help="Number of cases (default 3; with --training-set 400).")
 @click.option("--from-labels", type=click.Path(exists=True, file_okay=False), help="Dataset of real label maps (any supported layout) to give the phantoms real kidney and tumour anatomy.")
+@click.option("--training-set", is_flag=True, help="Build the anatomical training set: real body label maps with real KiTS kidneys, every contrast phase, lung bases to pelvis, a grouped train/val/test split.")
+@click.option("--bodies", multiple=True, type=click.Path(exists=True, file_okay=False), help="With --training-set: folder of multi-organ body label maps (repeatable; default ../shared/data/btcv-labels and anatomy-labels).")
+@click.option("--kidneys", multiple=True, type=click.Path(exists=True, file_okay=False), help="With --training-set: folder of KiTS label maps (repeatable; default ../shared/data/kits19-labels and kits23-labels).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="With --training-set: parallel processes.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (deterministic output).")
 @click.option("--montage/--no-montage", default=True, show_default=True, help="Write montage.png with label contours.")
 @_one_line_errors
-def phantom(out_dir, cases, from_labels, seed, montage):
+def phantom(out_dir, cases, from_labels, training_set, bodies, kidneys, workers, seed, montage):
     """Write synthetic abdominal CT phantoms in the KiTS layout."""
+    if training_set:
+        if from_labels:
+            raise KidedgeError("phantom: --from-labels and --training-set do not go together (use --kidneys)")
+        fn = _library_call("kidedge.phantom.training_set", "write_training_set", "issue 11")
+        written = fn(out_dir, bodies=list(bodies) or None, kidneys=list(kidneys) or None,
+                     cases=cases, workers=workers, seed=seed, montage=montage)
+        click.echo(f"wrote {len(written)} training case(s), sources.json and split.json to {out_dir}")
+        return 0
+    if bodies or kidneys:
+        raise KidedgeError("phantom: --bodies and --kidneys need --training-set")
     fn = _library_call("kidedge.phantom", "write_phantom_dataset", "issue 3")
-    written = fn(out_dir, cases=cases, from_labels=from_labels, seed=seed, montage=montage)
+    written = fn(out_dir, cases=cases or 3, from_labels=from_labels, seed=seed, montage=montage)
     click.echo(f"wrote {len(written)} phantom case(s) to {out_dir}")
     return 0
 
@@ -176,7 +190,7 @@ def evaluate(pred, gt, out, tolerance):
 @_one_line_errors
 def bench(quick, out, model, labels):
     """Latency benchmark report: kidedge against the baselines users would otherwise run."""
-    fn = _library_call("kidedge.runtime.bench", "run_bench", "issue 7")
+    fn = _library_call("kidedge.bench", "run_bench", "issue 7")
     return fn(quick=quick, out=out, model=model, labels=labels)
 
 

@@ -1,4 +1,4 @@
-"""kidedge.export.package_eval: the shipped package scored on labelled cases through the
+"""kidedge.bench.package_eval: the shipped package scored on labelled cases through the
 runtime (no torch), per precision, and recorded in the manifest without touching hashes."""
 
 from __future__ import annotations
@@ -7,11 +7,10 @@ import json
 
 import pytest
 
+from kidedge.bench.package_eval import evaluate_package, main, record_in_manifest
 from kidedge.errors import KidedgeError
-from kidedge.export.package_eval import evaluate_package, main, record_in_manifest
 from kidedge.package import ModelPackage
-
-from .synthetic import kits_affine, make_cascade_package, make_ct, write_nifti
+from tests.runtime.synthetic import kits_affine, make_cascade_package, make_ct, write_nifti
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ cascade gating, post-processing) for each precision asked, scores every case wit
 under ``provenance.evaluation`` (the manifest is not itself hashed, so the model files and
 their hashes stay as export wrote them).
 
-    python -m kidedge.export.package_eval PACKAGE --data DIR [--split RUN/split.json]
+    python -m kidedge.bench.package_eval PACKAGE --data DIR [--split RUN/split.json]
         [--part test] [--precision int8 --precision fp32] [--record] [--out FILE]
 
 The cases are the ``--part`` of a training run's ``split.json`` (the patient-level split
@@ -132,7 +132,7 @@ def format_table(evaluation: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kidedge.export.package_eval", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m kidedge.bench.package_eval", description=__doc__.split("\n")[0])
     ap.add_argument("package")
     ap.add_argument("--data", required=True)
     ap.add_argument("--split")

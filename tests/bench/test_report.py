@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kidedge.runtime.bench import Variant, evaluate_targets, hierarchical_dice, summarise
-from kidedge.runtime.bench.report import markdown_report, write_report
-from kidedge.runtime.bench.scans import BenchScan
+from kidedge.bench import Variant, evaluate_targets, hierarchical_dice, summarise
+from kidedge.bench.report import markdown_report, write_report
+from kidedge.bench.scans import BenchScan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

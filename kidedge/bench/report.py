@@ -1,6 +1,6 @@
 """Benchmark report: ``bench.json``, ``bench.md`` and two PNG plots in one results folder.
 
-The input is the result set :func:`kidedge.runtime.bench.run_bench` assembles (see
+The input is the result set :func:`kidedge.bench.run_bench` assembles (see
 :func:`write_report` for its shape). Everything in the report is read from that set: the
 writer computes no numbers of its own beyond formatting, so the JSON and the Markdown
 always agree. Files are written to temporary names and renamed, so an interrupted run

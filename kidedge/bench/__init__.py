@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kidedge.bench.scans import FULL_TARGETS, QUICK_TARGETS, BenchScan, make_bench_scans
 from kidedge.errors import KidedgeError
-from kidedge.runtime.bench.scans import FULL_TARGETS, QUICK_TARGETS, BenchScan, make_bench_scans
 
 __all__ = ["Variant", "plan_variants", "run_bench", "summarise"]
 
@@ -116,7 +116,7 @@ def repeats_for(scan: BenchScan, variant: Variant, repeats: int) -> int:
 
 def _default_labels() -> Path | None:
     """``../shared/data/kits19-labels`` beside the repository (or the working folder)."""
-    here = Path(__file__).resolve().parents[3]
+    here = Path(__file__).resolve().parents[2]
     for root in (here, Path.cwd()):
         p = root.parent / "shared" / "data" / "kits19-labels"
         if p.is_dir():
@@ -314,7 +314,7 @@ def _streams(scan: BenchScan) -> bool:
 def _method_lines(quick: bool, threads: int | None) -> list[str]:
     return [
         "Every variant runs on every scan in its own fresh Python process "
-        "(`python -m kidedge.runtime.bench.measure`), so peak RSS is the variant's own; "
+        "(`python -m kidedge.bench.measure`), so peak RSS is the variant's own; "
         "variants are interleaved (the order rotates each repeat) because the machine is shared and noisy.",
         "Timed 'scan' phase: from the scan's path to the written label map; model loading is 'setup'. "
         "Peak RSS: the kernel's VmHWM of the child process (libraries and model included).",
@@ -356,10 +356,10 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
     Raises:
         KidedgeError: no model package, or bad inputs.
     """
+    from kidedge.bench.measure import measure
+    from kidedge.bench.report import write_report
     from kidedge.environment import describe, machine_label
     from kidedge.package import ModelPackage, default_package_path
-    from kidedge.runtime.bench.measure import measure
-    from kidedge.runtime.bench.report import write_report
 
     echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if model is None:

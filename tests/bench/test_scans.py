@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from kidedge.bench.scans import choose_cases, make_bench_scans
 from kidedge.errors import KidedgeError
-from kidedge.runtime.bench.scans import choose_cases, make_bench_scans
 
 
 def _shared_data() -> Path:
@@ -45,7 +45,7 @@ def test_synthetic_scans_written_in_kits_layout_and_cached(tmp_path):
 
 @pytest.mark.shared_data
 def test_real_label_geometry_chosen_by_slice_count():
-    from kidedge.runtime.bench.scans import label_cases
+    from kidedge.bench.scans import label_cases
 
     cases = label_cases(_shared_data() / "kits19-labels")
     assert len(cases) > 100

@@ -9,7 +9,7 @@ import sys
 import nibabel as nib
 import numpy as np
 
-from kidedge.runtime.bench.measure import measure
+from kidedge.bench.measure import measure
 
 
 def _nifti(path, shape=(6, 32, 32)):
@@ -39,7 +39,7 @@ def test_memory_probes_see_an_allocation():
     # In a fresh child: the test process's own high-water mark is already raised by earlier
     # tests, so a 60 MB block need not move it there.
     code = ("import numpy as np\n"
-            "from kidedge.runtime.bench.measure import current_rss_mb, peak_rss_mb\n"
+            "from kidedge.bench.measure import current_rss_mb, peak_rss_mb\n"
             "before = peak_rss_mb()\n"
             "block = np.ones(60_000_000 // 8)\n"
             "cur = current_rss_mb()\n"
@@ -51,9 +51,9 @@ def test_memory_probes_see_an_allocation():
 
 def test_bench_imports_without_torch():
     code = ("import sys\n"
-            "import kidedge.runtime.bench, kidedge.runtime.bench.baselines, kidedge.runtime.bench.measure\n"
-            "import kidedge.runtime.bench.report, kidedge.runtime.bench.scans, kidedge.runtime.bench.kidedge_variant\n"
-            "import kidedge.runtime.bench.untrained_package\n"
+            "import kidedge.bench, kidedge.bench.baselines, kidedge.bench.measure\n"
+            "import kidedge.bench.report, kidedge.bench.scans, kidedge.bench.kidedge_variant\n"
+            "import kidedge.bench.untrained_package\n"
             "bad = [m for m in ('torch', 'monai', 'torchvision') if m in sys.modules]\n"
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,6 +1,6 @@
 """One benchmark variant on one scan, in a fresh process: wall time, peak RSS, stages.
 
-Every measurement runs as its own child process (``python -m kidedge.runtime.bench.measure
+Every measurement runs as its own child process (``python -m kidedge.bench.measure
 SPEC.json RESULT.json``) so that each variant starts from a clean heap: peak RSS is then the
 variant's own, not whatever an earlier variant left behind, and torch is only ever imported
 by the children that run a torch baseline.
@@ -99,17 +99,17 @@ def _runner(spec: dict):
     if kind == "floor":
         return FloorRunner(spec)
     if kind == "papers":
-        from kidedge.runtime.bench.baselines import PapersWay
+        from kidedge.bench.baselines import PapersWay
 
         return PapersWay(spec["model"], batch=spec.get("batch", 16), threads=spec.get("threads"),
                          image=spec["image"], out=spec["out"])
     if kind == "monai":
-        from kidedge.runtime.bench.baselines import MonaiSliceInferer
+        from kidedge.bench.baselines import MonaiSliceInferer
 
         return MonaiSliceInferer(spec["model"], batch=spec.get("batch", 16), threads=spec.get("threads"),
                                  image=spec["image"], out=spec["out"])
     if kind == "kidedge":
-        from kidedge.runtime.bench.kidedge_variant import KidedgeRunner
+        from kidedge.bench.kidedge_variant import KidedgeRunner
 
         return KidedgeRunner(spec)
     raise ValueError(f"unknown benchmark variant kind {kind!r}")
@@ -145,7 +145,7 @@ def run_in_this_process(spec: dict) -> dict:
 
 
 def measure(spec: dict, timeout_s: float = 1800.0, env: dict | None = None) -> dict:
-    """Run one variant in a fresh ``python -m kidedge.runtime.bench.measure`` process.
+    """Run one variant in a fresh ``python -m kidedge.bench.measure`` process.
 
     Args:
         spec: what to run: ``kind`` (floor | papers | monai | kidedge), ``image`` (the scan),
@@ -164,7 +164,7 @@ def measure(spec: dict, timeout_s: float = 1800.0, env: dict | None = None) -> d
         child_env = dict(os.environ, **(env or {}))
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-m", "kidedge.runtime.bench.measure",
+            proc = subprocess.run([sys.executable, "-m", "kidedge.bench.measure",
                                    str(spec_path), str(result_path)],
                                   capture_output=True, text=True, timeout=timeout_s, env=child_env)
         except subprocess.TimeoutExpired:
@@ -182,7 +182,7 @@ def measure(spec: dict, timeout_s: float = 1800.0, env: dict | None = None) -> d
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m kidedge.runtime.bench.measure SPEC.json RESULT.json", file=sys.stderr)
+        print("usage: python -m kidedge.bench.measure SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
     result = run_in_this_process(spec)

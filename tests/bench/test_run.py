@@ -26,8 +26,8 @@ def tiny(tmp_path_factory):
     """(single-stage package, cascade package, a 12 x 64 x 64 phantom scan)."""
     import torch
 
-    from kidedge.runtime.bench.scans import make_bench_scans
-    from kidedge.runtime.bench.untrained_package import export_untrained_package
+    from kidedge.bench.scans import make_bench_scans
+    from kidedge.bench.untrained_package import export_untrained_package
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("bench")
@@ -43,8 +43,8 @@ def _labels(path):
 
 def test_baselines_and_kidedge_give_the_same_labels(tiny, tmp_path):
     """Same model, same preprocessing: three execution paths, one segmentation."""
-    from kidedge.runtime.bench.baselines import MonaiSliceInferer, PapersWay
-    from kidedge.runtime.bench.kidedge_variant import KidedgeRunner
+    from kidedge.bench.baselines import MonaiSliceInferer, PapersWay
+    from kidedge.bench.kidedge_variant import KidedgeRunner
 
     single, _, scan = tiny
     outs = {}
@@ -70,7 +70,7 @@ def test_baselines_and_kidedge_give_the_same_labels(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_quick_bench_end_to_end(tiny, tmp_path):
-    from kidedge.runtime.bench import run_bench
+    from kidedge.bench import run_bench
 
     _, cascade, _ = tiny
     out = tmp_path / "results"
