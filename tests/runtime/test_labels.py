@@ -51,3 +51,27 @@ def test_sigmoid_channels_paint_in_order():
 def test_channel_count_mismatch_is_an_error():
     with pytest.raises(ValueError, match="channels"):
         logits_to_labels(np.zeros((1, 3, 2, 2), np.float32), SOFTMAX4, (2, 2), (2, 2))
+
+
+def _resample_every_channel(logits, values, content, target):
+    """The plain definition: resample all K channels of every slice, then arg-max."""
+    from kidedge.preprocess import resize_linear
+
+    z = logits[:, :, :content[0], :content[1]]
+    return np.stack([np.asarray(values, np.uint8)[resize_linear(np.ascontiguousarray(s), target).argmax(0)]
+                     for s in z])
+
+
+@pytest.mark.parametrize(("content", "target"), [((30, 46), (47, 73)), ((30, 46), (30, 46)),
+                                                 ((30, 46), (12, 20)), ((30, 46), (61, 19)), ((1, 5), (3, 9))])
+def test_border_only_resampling_equals_resampling_every_channel(rng, content, target):
+    # smooth logits (class regions with borders, as a segmenter gives) in a padded grid
+    from scipy import ndimage
+
+    raw = rng.normal(size=(3, 4, 32, 48)).astype(np.float32)
+    logits = np.ascontiguousarray(ndimage.gaussian_filter(raw, (0, 0, 2, 2)) * 20)
+    values = [0, 2, 3, 1]
+    out = np.full((3, *target), 9, np.uint8)
+    got = logits_to_labels(logits, {"activation": "softmax", "labels": values}, content, target, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got, _resample_every_channel(logits, values, content, target))
