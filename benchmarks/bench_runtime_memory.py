@@ -192,10 +192,10 @@ def make_tiny_package(out: Path) -> Path:
 
 BASELINE_CHILD = """
 import sys
-from kidedge.runtime.command import load_package
+from kidedge.package import ModelPackage
 from kidedge.runtime.backends.registry import select_backend, create_backend
 from kidedge.runtime.profiling import high_water_rss_mb
-pkg = load_package(sys.argv[1])
+pkg = ModelPackage.load(sys.argv[1])
 choice = select_backend(pkg)
 backends = [create_backend(choice, pkg, s).activate() for s in pkg.stages]
 print(high_water_rss_mb(), 'torch' in sys.modules)

@@ -170,13 +170,29 @@ def infer(scans, output, model, backend, precision, batch, profile, overlay, no_
 
 
 @main.command()
-@click.option("--pred", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of predicted label maps.")
-@click.option("--gt", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of ground truth (any supported layout).")
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write per-case and aggregate results (.json; a .csv is written beside it).")
-@click.option("--tolerance", default=2.0, show_default=True, type=float, help="Surface Dice tolerance in mm.")
+@click.option("--pred", type=click.Path(exists=True, file_okay=False), help="Folder of predicted label maps.")
+@click.option("--gt", type=click.Path(exists=True, file_okay=False), help="Folder of ground truth (any supported layout).")
+@click.option("--package", "package", type=click.Path(exists=True), help="Instead: segment --data's cases with this model package and score them.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), help="With --package: labelled dataset (any supported layout).")
+@click.option("--split", type=click.Path(exists=True, dir_okay=False), help="With --package: a training run's split.json; score its --part.")
+@click.option("--part", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="With --split: which part.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]), help="With --package: precision(s) to score (default int8).")
+@click.option("--no-gate", is_flag=True, help="With --package: run stage 2 on every slice.")
+@click.option("--record", is_flag=True, help="With --package: store the means in the package manifest's provenance.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write per-case and aggregate results (.json; with --pred a .csv is written beside it).")
+@click.option("--tolerance", default=2.0, show_default=True, type=float, help="Surface Dice tolerance in mm (--pred mode).")
 @_one_line_errors
-def evaluate(pred, gt, out, tolerance):
-    """Score predictions with the KiTS hierarchical Dice and surface Dice."""
+def evaluate(pred, gt, package, data, split, part, precisions, no_gate, record, out, tolerance):
+    """Score predictions (--pred/--gt), or a model package on labelled cases (--package/--data),
+    with the KiTS hierarchical Dice and surface Dice."""
+    if package is not None:
+        if pred or gt or not data:
+            raise KidedgeError("evaluate --package needs --data DIR (and takes no --pred/--gt)")
+        fn = _library_call("kidedge.bench.package_eval", "evaluate_package_command", "issue 12")
+        return fn(package, data, split=split, part=part, precisions=precisions, gate=not no_gate,
+                  record=record, out=out)
+    if not pred or not gt:
+        raise KidedgeError("evaluate needs --pred DIR and --gt DIR (or --package PACKAGE --data DIR)")
     fn = _library_call("kidedge.metrics", "evaluate_dirs", "issue 3")
     fn(pred, gt, out=out, tolerance_mm=tolerance)  # returns the report dict, not an exit code
     return 0

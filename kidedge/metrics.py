@@ -499,7 +499,8 @@ def _same_grid(aff_a: np.ndarray, aff_b: np.ndarray) -> bool:
     return bool(np.allclose(aff_a, aff_b, rtol=0.0, atol=1e-3))
 
 
-def _aggregate(values: list[float]) -> dict[str, float]:
+def summarise_values(values: list[float]) -> dict[str, float]:
+    """mean, median, std (population), min, max and n of a list of scores."""
     arr = np.asarray(values, dtype=np.float64)
     return {
         "mean": float(arr.mean()),
@@ -690,7 +691,7 @@ def evaluate_dirs(pred, gt, out=None, tolerance_mm: float = 2.0, *, show_progres
             "std": "population (ddof=0)",
         },
         "cases": cases,
-        "aggregate": {k: _aggregate([c["metrics"][k] for c in cases]) for k in _SCORE_ORDER},
+        "aggregate": {k: summarise_values([c["metrics"][k] for c in cases]) for k in _SCORE_ORDER},
         "dice_multi_pooled": {"value": pool.value, "per_class": pool.per_class},
     }
     if echo is None:

@@ -226,7 +226,7 @@ def test_default_package_path_and_missing_default():
     p = default_package_path()
     assert p.parts[-3:] == ("kidedge", "models", "default")
     if not p.exists():
-        with pytest.raises(KidedgeError, match="built-in model package does not exist"):
+        with pytest.raises(KidedgeError, match="no built-in model package"):
             ModelPackage.load()
 
 

@@ -2,13 +2,15 @@
 
 Set-up loads the package and activates one backend per stage
 (:class:`kidedge.runtime.engine.Segmenter`, as ``kidedge infer`` does once per process);
-the timed scan is :func:`kidedge.runtime.command.segment_job`: streaming read, preprocess,
-infer (gated or not), post-process, atomic write of the label map and its volumes JSON.
+the timed scan is :func:`kidedge.runtime.command.segment_job`: streaming read, then
+:meth:`Segmenter.segment` (preprocess, infer gated or not, post-process, volumes), then
+the atomic write of the label map and its volumes JSON.
 The runtime's own profile of the run supplies the per-stage breakdown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -29,12 +31,12 @@ class KidedgeRunner:
     """
 
     def __init__(self, spec: dict) -> None:
+        from kidedge.package import ModelPackage
         from kidedge.runtime.backends.registry import select_backend
-        from kidedge.runtime.command import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, load_package
         from kidedge.runtime.engine import Segmenter
 
         self.spec = spec
-        package = load_package(spec["model"])
+        package = ModelPackage.load(spec["model"])
         precision = spec.get("precision", "fp32")
         key = PRECISION_KEYS.get(precision, precision)
         user_precision = "int8" if key.startswith("int8") else key
@@ -44,9 +46,9 @@ class KidedgeRunner:
         if spec["backend"] == "onnxruntime" and choice.files and any(v != key for v in choice.files.values()):
             # The registry picks int8-cpu for int8 on a CPU; the bench also runs the other file.
             choice = dataclasses.replace(choice, files={s: key for s in choice.files}, precision=key)
-        batch = spec.get("batch") or (DEFAULT_BATCH_CPU if choice.device == "cpu" else DEFAULT_BATCH_GPU)
-        self.segmenter = Segmenter(package, choice, batch=int(batch), threads=spec.get("threads"))
-        self.segmenter.__enter__()
+        self._stack = contextlib.ExitStack()
+        self.segmenter = self._stack.enter_context(
+            Segmenter(package, choice, batch=spec.get("batch"), threads=spec.get("threads")))
 
     def run(self) -> dict:
         from kidedge.runtime.command import segment_job
@@ -61,4 +63,4 @@ class KidedgeRunner:
 
     def close(self) -> None:
         """Release the engines (after the timed scan: teardown is not the user's wait)."""
-        self.segmenter.__exit__(None, None, None)
+        self._stack.close()

@@ -1,15 +1,17 @@
-"""Score a finished model package on held-out labelled cases, through the lean runtime.
+"""``kidedge evaluate --package``: a finished model package scored on held-out labelled
+cases, through the lean runtime.
 
 Export's own fidelity report compares precisions with each other on a few phantoms; this
 module answers the user's question instead: how well does *the shipped artefact* segment
-cases it never saw? It runs exactly what ``kidedge infer`` runs (ONNX Runtime, streaming,
-cascade gating, post-processing) for each precision asked, scores every case with
-:func:`kidedge.metrics.kits_scores` and can record the result in the package manifest
-under ``provenance.evaluation`` (the manifest is not itself hashed, so the model files and
-their hashes stay as export wrote them).
+cases it never saw? Each case goes through :meth:`kidedge.runtime.engine.Segmenter.segment`,
+the call ``kidedge infer`` makes (streaming, cascade gating, post-processing), for each
+precision asked; every case is scored with :func:`kidedge.metrics.kits_scores`, and the
+result can be recorded in the package manifest under ``provenance.evaluation`` (the
+manifest is not itself hashed, so the model files and their hashes stay as export wrote
+them).
 
-    python -m kidedge.bench.package_eval PACKAGE --data DIR [--split RUN/split.json]
-        [--part test] [--precision int8 --precision fp32] [--record] [--out FILE]
+    kidedge evaluate --package PACKAGE --data DIR [--split RUN/split.json] [--part test]
+        [--precision int8 --precision fp32] [--record] [--out FILE]
 
 The cases are the ``--part`` of a training run's ``split.json`` (the patient-level split
 the trainer saved), or every labelled case under ``--data`` without ``--split``.
@@ -18,9 +20,7 @@ No torch: this runs where the runtime runs.
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from kidedge.errors import KidedgeError
+from kidedge.io import discover_cases, load_scan
+from kidedge.io.writer import write_json_atomic
+from kidedge.metrics import kits_scores, summarise_values
+from kidedge.package import MANIFEST_NAME, ModelPackage
+from kidedge.runtime.backends.registry import select_backend
+from kidedge.runtime.engine import Segmenter
 
 #: Scores reported per case and aggregated (KiTS21 hierarchical classes + KiTS19 view).
 SCORE_KEYS = ("kidney_dice", "masses_dice", "tumour_dice", "kidney_sd", "masses_sd", "tumour_sd",
@@ -35,8 +41,6 @@ SCORE_KEYS = ("kidney_dice", "masses_dice", "tumour_dice", "kidney_sd", "masses_
 
 
 def _select_cases(data, split: str | None, part: str):
-    from kidedge.io import discover_cases
-
     cases = [c for c in discover_cases(data) if c.label is not None and c.image is not None]
     if split is None:
         return cases
@@ -56,8 +60,7 @@ def _aggregate(per_case: dict[str, dict]) -> dict:
     for key in SCORE_KEYS:
         vals = [s[key] for s in per_case.values() if key in s and s[key] is not None]
         if vals:
-            out[key] = {"mean": float(np.mean(vals)), "median": float(statistics.median(vals)),
-                        "std": float(np.std(vals)), "min": float(np.min(vals))}
+            out[key] = summarise_values(vals)
     return out
 
 
@@ -71,19 +74,11 @@ def evaluate_package(package_path, data, split: str | None = None, part: str = "
     """
     from tqdm import tqdm
 
-    from kidedge.io import load_scan
-    from kidedge.metrics import kits_scores
-    from kidedge.package import ModelPackage
-    from kidedge.postprocess import postprocess_labels
-    from kidedge.runtime.backends.registry import select_backend
-    from kidedge.runtime.engine import Segmenter
-    from kidedge.runtime.profiling import Profiler
-
     package = ModelPackage.load(package_path)
     cases = _select_cases(data, split, part)
     if not cases:
         raise KidedgeError(f"{data}: no labelled cases to evaluate on")
-    result = {"package": package.name, "data": str(Path(data).resolve()), "split": split, "part": part,
+    result = {"package": package.name, "data": str(data), "split": None if split is None else str(split), "part": part,
               "backend": backend, "gate": gate, "cases": [c.case_id for c in cases], "by_precision": {}}
     for precision in precisions:
         choice = select_backend(package, backend, precision)
@@ -92,10 +87,7 @@ def evaluate_package(package_path, data, split: str | None = None, part: str = "
             for case in tqdm(cases, desc=f"{package.name} {precision}", unit="case", disable=not progress,
                              file=sys.stderr):
                 scan = load_scan(case.image)
-                labels, _, box = segmenter.segment(scan, Profiler(), gate=gate)
-                fg = box.slices()
-                if fg is not None:
-                    labels[fg] = postprocess_labels(labels[fg], scan.spacing)
+                labels = segmenter.segment(scan, gate=gate).labels.to_dense()
                 truth, _ = case.load_label()
                 per_case[case.case_id] = kits_scores(labels, np.asarray(truth), scan.spacing)
                 scan.release()
@@ -108,9 +100,6 @@ def evaluate_package(package_path, data, split: str | None = None, part: str = "
 
 def record_in_manifest(package_dir, evaluation: dict) -> None:
     """Store ``evaluation`` (without per-case detail) as ``provenance.evaluation``."""
-    from kidedge.io.writer import write_json_atomic
-    from kidedge.package import MANIFEST_NAME
-
     path = Path(package_dir) / MANIFEST_NAME
     if not path.is_file():
         raise KidedgeError(f"{package_dir}: --record needs a package directory (not a zip)")
@@ -131,32 +120,13 @@ def format_table(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kidedge.bench.package_eval", description=__doc__.split("\n")[0])
-    ap.add_argument("package")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split")
-    ap.add_argument("--part", default="test", choices=("train", "val", "test"))
-    ap.add_argument("--precision", action="append", choices=("fp32", "fp16", "int8"))
-    ap.add_argument("--no-gate", action="store_true")
-    ap.add_argument("--record", action="store_true", help="write the means into the manifest's provenance")
-    ap.add_argument("--out", help="write the full result (per case) as JSON")
-    args = ap.parse_args(argv)
-    try:
-        ev = evaluate_package(args.package, args.data, args.split, args.part, tuple(args.precision or ("int8",)),
-                              gate=not args.no_gate)
-        if args.out:
-            from kidedge.io.writer import write_json_atomic
-
-            write_json_atomic(args.out, ev)
-        if args.record:
-            record_in_manifest(args.package, ev)
-    except KidedgeError as exc:
-        print(f"kidedge: error: {exc}", file=sys.stderr)
-        return 2
+def evaluate_package_command(package, data, split=None, part="test", precisions=(), gate=True, record=False,
+                             out=None) -> int:
+    """``kidedge evaluate --package``: score, print the table, optionally record and save."""
+    ev = evaluate_package(package, data, split, part, tuple(precisions) or ("int8",), gate=gate)
+    if out:
+        write_json_atomic(out, ev)
+    if record:
+        record_in_manifest(package, ev)
     print(format_table(ev))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
-from kidedge.runtime.overlay import save_png_atomic
+from kidedge.io.writer import save_png_atomic, write_text_atomic
 
 #: Plot colours by variant kind, so baselines and kidedge read apart at a glance.
 KIND_COLOURS = {"floor": "#999999", "baseline": "#d62728", "kidedge": "#1f77b4"}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value, digits: int = 2, suffix: str = "") -> str:
@@ -236,6 +223,6 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
              "latency": out / "latency.png", "memory": out / "memory.png"}
     plot_latency(results, paths["latency"])
     plot_memory(results, paths["memory"])
-    _atomic_write(paths["json"], (json.dumps(results, indent=1, sort_keys=False, default=str) + "\n").encode())
-    _atomic_write(paths["md"], markdown_report(results).encode())
+    write_text_atomic(paths["json"], json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
+    write_text_atomic(paths["md"], markdown_report(results))
     return paths

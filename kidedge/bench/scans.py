@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kidedge.errors import KidedgeError
+from kidedge.io.writer import save_volume, write_json_atomic
 
 #: Slice counts of the full benchmark (issue 7: about 60, 250 and 600 or more).
 FULL_TARGETS = (60, 250, 600)
@@ -108,28 +109,15 @@ def choose_cases(cases: Sequence[tuple[str, Path, int]], targets: Sequence[int])
     return chosen
 
 
-def _save_nifti(array, affine, path: Path) -> None:
-    """Write a NIfTI atomically: a temporary name beside it, then rename."""
-    import nibabel as nib
-
-    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp.nii.gz")
-    try:
-        nib.Nifti1Image(array, affine).to_filename(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_scan(folder: Path, phantom, source: str, name: str) -> BenchScan:
     folder.mkdir(parents=True, exist_ok=True)
     image, truth = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
-    _save_nifti(phantom.hu, phantom.affine, image)
-    _save_nifti(phantom.labels, phantom.affine, truth)
+    save_volume(phantom.hu, phantom.affine, image)
+    save_volume(phantom.labels, phantom.affine, truth)
     scan = BenchScan(name=name, image=image, truth=truth, slices=int(phantom.hu.shape[0]),
                      shape=tuple(int(v) for v in phantom.hu.shape),
                      spacing_mm=tuple(float(v) for v in phantom.spacing), source=source)
-    (folder / "scan.json").write_text(json.dumps(scan.to_dict(), indent=1))
+    write_json_atomic(folder / "scan.json", scan.to_dict())  # written last: marks the scan complete
     return scan
 
 

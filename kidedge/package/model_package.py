@@ -166,8 +166,10 @@ class ModelPackage:
         """Open a package directory or ``.zip`` (``None``: the shipped default package)."""
         source = Path(path) if path is not None else default_package_path()
         if not source.exists():
-            which = "the built-in model package" if path is None else "model package"
-            raise KidedgeError(f"{source}: {which} does not exist")
+            if path is None:
+                raise KidedgeError(f"{source}: no built-in model package is installed in this kidedge; "
+                                   "pass --model PACKAGE (made by kidedge export)")
+            raise KidedgeError(f"{source}: model package does not exist")
         if source.is_file():
             if not zipfile.is_zipfile(source):
                 raise KidedgeError(f"{source}: not a model package (expected a directory or a .zip)")

@@ -1,10 +1,17 @@
-"""One package, its backends activated once, segmenting scan after scan.
+"""One package, its backends activated once, segmenting scan after scan: the library call.
 
 :class:`Segmenter` holds the package and one activated backend per stage (engines load
-once for a whole batch of scans). :meth:`Segmenter.segment` runs the stages over one scan
-through the streaming pipeline: a single-stage package runs on every slice; a cascade runs
-its localiser on a low-resolution view of every slice and, with gating on, its segmenter
-at full resolution inside the region the localiser found (:mod:`kidedge.runtime.gating`).
+once for a whole batch of scans). :meth:`Segmenter.segment` is the one call that turns a
+scan into a result (:class:`Segmentation`: post-processed labels, volumes in mL, gating,
+profile, warnings); ``kidedge infer``, ``kidedge evaluate --package``, the demo, the
+benchmark and ``kidedge batch`` all call it, and write its labels with
+:mod:`kidedge.io.writer`.
+
+Inside, the stages run over the scan through the streaming pipeline: a single-stage
+package runs on every slice; a cascade runs its localiser on a low-resolution view of
+every slice and, with gating on, its segmenter at full resolution inside the region the
+localiser found (:mod:`kidedge.runtime.gating`). Then post-processing (largest kidneys,
+masses only at a kidney) and the volumes, on the labels' bounding box only.
 
 Memory: no whole-scan array. Network inputs and logits exist per slab only; the labels
 go into a :class:`kidedge.runtime.labelmap.SparseLabels` that keeps only the labelled
@@ -14,19 +21,27 @@ part of each slice, so peak memory does not grow with the scan's length.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 
 from kidedge.errors import KidedgeError
-from kidedge.runtime.backends.registry import BackendChoice, create_backend
+from kidedge.package import ModelPackage
+from kidedge.postprocess import class_volumes_ml, postprocess_labels
+from kidedge.runtime.backends.base import BackendUnavailable
+from kidedge.runtime.backends.registry import BackendChoice, create_backend, select_backend
 from kidedge.runtime.blas_threads import SingleThreadedBlas
 from kidedge.runtime.gating import CascadeGate
-from kidedge.runtime.labelmap import SparseLabels
+from kidedge.runtime.labelmap import SparseLabels, box_affine
 from kidedge.runtime.pipeline import run_stage
 from kidedge.runtime.profiling import Profiler
 
+#: Micro-batch (slices per ``infer`` call) when none is asked for.
+DEFAULT_BATCH_CPU = 4
+DEFAULT_BATCH_GPU = 16
 
-def check_package_runnable(package) -> None:
+
+def check_package_runnable(package: ModelPackage) -> None:
     """Refuse packages this streaming runtime cannot run, in one line."""
     dim = package.manifest.dimensionality
     if dim != "2d":
@@ -35,64 +50,64 @@ def check_package_runnable(package) -> None:
             "(3D patch inference is not implemented in kidedge infer)")
     if len(package.stages) > 2:
         raise KidedgeError(f"{package.source}: {len(package.stages)} stages; the runtime runs one stage or a two-stage cascade")
-    if len(package.stages) == 2:
-        seg = [s for s in package.stages if s.roi is not None]
-        if len(seg) != 1:
-            raise KidedgeError(f"{package.source}: a two-stage package needs exactly one stage with an roi")
+    if len(package.stages) == 2 and sum(s.roi is not None for s in package.stages) != 1:
+        raise KidedgeError(f"{package.source}: a two-stage package needs exactly one stage with an roi")
 
 
-class ForegroundBox:
-    """Bounding box of the non-zero labels, grown slab by slab as labels are written, so
-    post-processing can work on the kidney region without a pass over the whole volume."""
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+    """What :meth:`Segmenter.segment` gives for one scan.
 
-    def __init__(self) -> None:
-        self.lo = None
-        self.hi = None
+    Attributes:
+        labels: the canonical (slice, row, column) labels after post-processing, held
+            sparsely (:class:`SparseLabels`: ``to_dense()``, ``box()``, ``dense_box()``);
+            write them with :func:`kidedge.io.writer.save_segmentation_planes`.
+        volumes: :func:`kidedge.postprocess.class_volumes_ml` of the labels (mL per
+            class and per side).
+        gating: how much work cascade gating skipped (``{"enabled": False, ...}`` without).
+        profile: the call's profile (:meth:`kidedge.runtime.profiling.Profiler.result`);
+            None when the caller passed its own running profiler (it holds the profile).
+        warnings: one-line notes about the result for the user (none yet).
+    """
 
-    def update(self, start: int, labels: np.ndarray, row0: int = 0, col0: int = 0) -> None:
-        """Add the non-zero voxels of ``labels`` (slices from ``start``, rows/cols offset)."""
-        fg = labels != 0
-        s = np.flatnonzero(fg.any(axis=(1, 2)))
-        if s.size == 0:
-            return
-        r = np.flatnonzero(fg.any(axis=(0, 2)))
-        c = np.flatnonzero(fg.any(axis=(0, 1)))
-        lo = np.array([start + s[0], row0 + r[0], col0 + c[0]])
-        hi = np.array([start + s[-1] + 1, row0 + r[-1] + 1, col0 + c[-1] + 1])
-        self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
-        self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+    labels: SparseLabels
+    volumes: dict
+    gating: dict
+    profile: dict | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
-    def slices(self) -> tuple[slice, slice, slice] | None:
-        """The box as index slices, or None when every label is background."""
-        if self.lo is None:
-            return None
-        return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
+    @property
+    def volumes_ml(self) -> dict[str, float]:
+        """The per-class volumes (``kidney_ml``, ``tumour_ml``, ...) as plain numbers."""
+        classes = self.volumes.get("classes", {})
+        return {k: v for k, v in classes.items() if isinstance(v, (int, float))}
 
 
 class Segmenter:
-    """Run a package on scans.
+    """Run a package on scans; a context manager that activates the backends once.
 
     Args:
         package: a loaded :class:`kidedge.package.ModelPackage`.
-        choice: the backend choice (:func:`kidedge.runtime.backends.registry.select_backend`).
-        batch: micro-batch size in slices.
+        choice: the backend choice (default: ``select_backend(package)``, the fastest here).
+        batch: micro-batch size in slices (default 4 on a CPU, 16 on a GPU).
         slab_size: slices read and preprocessed at a time.
         threads: CPU threads for the engine (None: the library's default).
+
+    Raises:
+        KidedgeError: the runtime cannot run this package; on entry, a backend that
+            cannot be activated here.
     """
 
-    def __init__(self, package, choice: BackendChoice, batch: int = 4, slab_size: int = 16,
-                 threads: int | None = None) -> None:
+    def __init__(self, package: ModelPackage, choice: BackendChoice | None = None, batch: int | None = None,
+                 slab_size: int = 16, threads: int | None = None) -> None:
         check_package_runnable(package)
         self.package = package
-        self.choice = choice
-        self.batch = int(batch)
+        self.choice = choice or select_backend(package)
+        self.batch = int(batch or (DEFAULT_BATCH_CPU if self.choice.device == "cpu" else DEFAULT_BATCH_GPU))
         self.slab_size = int(slab_size)
         self.threads = threads
-        if len(package.stages) == 1:
-            self.localiser, self.segmenter = None, package.stages[0]
-        else:
-            self.segmenter = next(s for s in package.stages if s.roi is not None)
-            self.localiser = package.stage(self.segmenter.roi.source_stage)
+        self.segmenter = next((s for s in package.stages if s.roi is not None), package.stages[0])
+        self.localiser = package.stage(self.segmenter.roi.source_stage) if self.segmenter.roi else None
         self.backends: dict = {}
         self._stack = contextlib.ExitStack()
 
@@ -104,6 +119,9 @@ class Segmenter:
                 backend = create_backend(self.choice, self.package, stage, max_batch=self.batch,
                                          threads=self.threads)
                 self.backends[stage.name] = self._stack.enter_context(backend)
+        except BackendUnavailable as exc:
+            self._stack.close()
+            raise KidedgeError(f"--backend {self.choice.backend}: {exc}") from None
         except BaseException:
             self._stack.close()
             raise
@@ -117,34 +135,31 @@ class Segmenter:
         b = next(iter(self.backends.values()), None)
         return b.description if b is not None else self.choice.describe()
 
-    def segment(self, scan, profiler: Profiler, gate: bool = True) -> tuple[np.ndarray, dict, ForegroundBox]:
-        """Segment one scan into a dense label volume (for scoring and tests; the
-        runtime itself uses :meth:`segment_sparse`).
-
-        Returns:
-            ``(labels, gating, box)``: uint8 canonical labels (before post-processing), the
-            gating statistics, and the bounding box of the non-zero labels.
-        """
-        store, gating = self.segment_sparse(scan, profiler, gate=gate)
-        box = ForegroundBox()
-        fg = store.box()
-        if fg is not None:
-            box.lo = np.array([sl.start for sl in fg])
-            box.hi = np.array([sl.stop for sl in fg])
-        return store.to_dense(), gating, box
-
-    def segment_sparse(self, scan, profiler: Profiler, gate: bool = True) -> tuple[SparseLabels, dict]:
-        """Segment one scan.
+    def segment(self, scan, gate: bool = True, profiler: Profiler | None = None,
+                postprocess: bool = True) -> Segmentation:
+        """Segment one scan: stages, post-processing, volumes.
 
         Args:
             scan: a :class:`kidedge.io.Scan`.
-            profiler: a started profiler (stage times, latencies, counters).
             gate: run a cascade's stage 2 only inside stage 1's region (False: everywhere).
+            profiler: a running profiler to record into, when the caller also times what
+                it does with the result (e.g. writing it); by default the call profiles
+                itself.
+            postprocess: False keeps the network's own labels (for comparing engines).
 
         Returns:
-            ``(labels, gating)``: the canonical labels before post-processing, held
-            sparsely, and the gating statistics (``{"enabled": False, ...}`` without gating).
+            A :class:`Segmentation`.
         """
+        own = profiler is None
+        profiler = Profiler() if own else profiler
+        with profiler if own else contextlib.nullcontext():
+            labels, gating = self._run_stages(scan, profiler, gate)
+            with profiler.stage("postprocess"):
+                volumes = _postprocess(labels, scan) if postprocess else _volumes(labels, scan)
+        return Segmentation(labels, volumes, gating, profiler.result(scan.shape[0]) if own else None)
+
+    def _run_stages(self, scan, profiler: Profiler, gate: bool) -> tuple[SparseLabels, dict]:
+        """The canonical labels before post-processing, and the gating statistics."""
         n, rows, cols = scan.shape
         labels = SparseLabels((n, rows, cols))
         seg = self.segmenter
@@ -169,3 +184,21 @@ class Segmenter:
             run_stage(scan, seg_backend, seg, write_roi, profiler, region=roi, name="segment", **common)
             profiler.count("segment_slices", roi.slices)
         return labels, g.stats()
+
+
+def _postprocess(labels: SparseLabels, scan) -> dict:
+    """Post-process ``labels`` in place; returns their volumes. Everything outside the
+    labels' bounding box is background, so working on the box gives the whole volume's
+    result without a whole-volume array."""
+    fg = labels.box()
+    if fg is not None:
+        labels.assign_box(fg, postprocess_labels(labels.dense_box(fg), scan.spacing))
+    return _volumes(labels, scan)
+
+
+def _volumes(labels: SparseLabels, scan) -> dict:
+    """:func:`kidedge.postprocess.class_volumes_ml` of ``labels``, counted on their box."""
+    fg = labels.box()
+    if fg is None:
+        return class_volumes_ml(np.zeros((1, 1, 1), np.uint8), scan.spacing, affine=scan.canonical_affine)
+    return class_volumes_ml(labels.dense_box(fg), scan.spacing, affine=box_affine(scan.canonical_affine, fg))

@@ -17,11 +17,12 @@ GENERIC_STEMS = {"imaging", "image", "ct", "scan", "volume"}
 
 @dataclasses.dataclass
 class ScanJob:
-    """One scan to segment and the files its results go to."""
+    """One scan to segment and the files its results go to (``overlay``: its PNG, if asked)."""
 
     scan: Path
     name: str
     output: Path | None = None
+    overlay: Path | None = None
 
     @property
     def volumes_json(self) -> Path:
@@ -98,16 +99,36 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def plan_outputs(scans: list[Path], output: str | Path | None) -> list[ScanJob]:
-    """Assign each scan its output file ``<name>_seg.nii.gz``.
+def plan_outputs(scans: list[Path], output: str | Path | None, overlay: str | Path | None = None,
+                 profile: str | Path | None = None) -> list[ScanJob]:
+    """Assign each scan its output file ``<name>_seg.nii.gz`` (and overlay PNG).
 
     Args:
         scans: from :func:`expand_inputs`.
         output: ``-o``: a ``.nii``/``.nii.gz`` file (one scan only) or a folder
             (default ``./kidedge_out``).
+        overlay: ``--overlay``: the PNG of one scan; with several, the scan's name is
+            added to each file's name.
+        profile: ``--profile``: checked here only, like the overlay, never to overwrite
+            an input scan (the label maps' writer refuses that itself).
     """
     if not scans:
         raise KidedgeError("no scans given")
+    inputs = {Path(s).resolve() for s in scans}
+    for extra, what in ((profile, "--profile"), (overlay, "--overlay")):
+        if extra is not None and Path(extra).resolve() in inputs:
+            raise KidedgeError(f"{extra}: {what} would overwrite an input scan")
+    jobs = _name_outputs(scans, output)
+    if overlay is not None:
+        p = Path(overlay)
+        for job in jobs:
+            job.overlay = p if len(jobs) == 1 else p.with_name(f"{p.stem}_{job.name}{p.suffix or '.png'}")
+            if job.overlay.resolve() in inputs:
+                raise KidedgeError(f"{job.overlay}: --overlay would overwrite an input scan")
+    return jobs
+
+
+def _name_outputs(scans: list[Path], output: str | Path | None) -> list[ScanJob]:
     out = Path(output) if output is not None else DEFAULT_OUTPUT_DIR
     if is_nifti(out) and not out.is_dir():
         if len(scans) > 1:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from kidedge.io.writer import save_png_atomic
 
 #: RGBA per label (kidney green, tumour red, cyst blue), drawn at partial opacity.
 LABEL_COLOURS = {1: (0.1, 0.85, 0.2, 0.45), 2: (0.95, 0.1, 0.1, 0.6), 3: (0.2, 0.4, 1.0, 0.55)}
@@ -70,14 +71,27 @@ def write_overlay(
     return path
 
 
-def save_png_atomic(fig, path: Path, dpi: int) -> None:
-    """Save a matplotlib figure as PNG under a temporary name beside ``path``, then rename
-    (never a partial picture)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _hu_slices(scan, indices: list[int]) -> np.ndarray:
+    """HU of a few canonical slices, read by streaming (the scan is never loaded whole)."""
+    from kidedge.runtime.pipeline import iter_slabs
+
+    got = {}
+    for a, b, arr in iter_slabs(scan, 16, 0, min(indices), max(indices) + 1):
+        for k in indices:
+            if a <= k < b:
+                got[k] = arr[k - a].astype(np.float32) * np.float32(scan.slope) + np.float32(scan.intercept)
+    return np.stack([got[k] for k in indices])
+
+
+def write_scan_overlay(scan, labels, path: str | os.PathLike, title: str = "") -> Path:
+    """The overlay of a segmented scan: four slices through the labelled region.
+
+    Args:
+        scan: the :class:`kidedge.io.Scan` that was segmented.
+        labels: its canonical labels as :class:`kidedge.runtime.labelmap.SparseLabels`.
+        path: the PNG to write (atomically; its folder is made).
+        title: figure title (e.g. the scan's name).
+    """
+    picks = pick_slices(labels.nonempty()[:, None, None], 4)
+    return write_overlay(_hu_slices(scan, picks), np.stack([labels.slice(k) for k in picks]), picks, path,
+                         pixel_spacing=scan.spacing[1:], title=title)

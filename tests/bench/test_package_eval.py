@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
 
-from kidedge.bench.package_eval import evaluate_package, main, record_in_manifest
+from kidedge.bench.package_eval import evaluate_package, record_in_manifest
+from kidedge.cli import main
 from kidedge.errors import KidedgeError
 from kidedge.package import ModelPackage
 from tests.runtime.synthetic import kits_affine, make_cascade_package, make_ct, write_nifti
@@ -45,13 +47,27 @@ def test_scores_the_split_part_and_records_it(tmp_path, dataset):
     loaded.verify_hashes()  # model files and their hashes are untouched
 
 
-def test_bad_split_is_one_line_error(tmp_path, dataset, capsys):
+def test_bad_split_is_one_line_error(tmp_path, dataset):
     pkg = make_cascade_package(tmp_path / "pkg")
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"test": ["case_09999"]}))
     with pytest.raises(KidedgeError, match="case_09999"):
         evaluate_package(pkg, dataset, str(split), "test", ("fp32",), progress=False)
-    assert main([str(pkg), "--data", str(dataset), "--split", str(tmp_path / "nope.json"),
-                 "--precision", "fp32"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("kidedge: error:") and "\n" not in err
+    r = CliRunner().invoke(main, ["evaluate", "--package", str(pkg), "--data", str(dataset), "--split", str(split),
+                                  "--precision", "fp32"])
+    assert r.exit_code == 2
+    err = r.stderr.strip()
+    assert err.startswith("kidedge: error:") and "case_09999" in err and "\n" not in err
+
+
+def test_evaluate_package_command_prints_and_writes(tmp_path, dataset):
+    pkg = make_cascade_package(tmp_path / "pkg")
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(main, ["evaluate", "--package", str(pkg), "--data", str(dataset), "--precision", "fp32",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "3 cases" in r.stdout and "kidney_dice" in r.stdout
+    ev = json.loads(out.read_text())
+    assert set(ev["by_precision"]["fp32"]["per_case"]) == {"case_00000", "case_00001", "case_00002"}
+    r = CliRunner().invoke(main, ["evaluate", "--package", str(pkg)])
+    assert r.exit_code == 2 and "--data" in r.stderr

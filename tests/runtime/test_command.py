@@ -215,9 +215,9 @@ def test_bad_output_equals_input(tmp_path, ct_case, single_package):
 
 
 def test_bad_missing_default_package(tmp_path, ct_case, monkeypatch):
-    import kidedge.package
+    import kidedge.package.model_package
 
-    monkeypatch.setattr(kidedge.package, "default_package_path", lambda: tmp_path / "no_default")
+    monkeypatch.setattr(kidedge.package.model_package, "default_package_path", lambda: tmp_path / "no_default")
     out = tmp_path / "o"
     _assert_refused(_run_cli([ct_case[0], "-o", out]), out, "no built-in model package")
 
@@ -257,3 +257,24 @@ def test_cli_says_which_backend_auto_picked(tmp_path, ct_case, single_package):
     assert r.exit_code == 0, r.stderr
     assert "onnxruntime (cpu, fp32) [auto: fastest available" in r.stderr
     assert "p50" in r.stdout and "peak RSS" in r.stdout
+
+
+def test_segment_is_the_one_library_call(ct_case, cascade_package):
+    """Segmenter.segment gives post-processed labels, volumes, gating and a profile; the
+    writer in kidedge.io turns them into the same file kidedge infer writes."""
+    from kidedge.io import load_scan
+    from kidedge.io.writer import save_segmentation_planes
+    from kidedge.package import ModelPackage
+    from kidedge.runtime.engine import Segmentation, Segmenter
+
+    path, _, truth = ct_case
+    scan = load_scan(path)
+    with Segmenter(ModelPackage.load(cascade_package)) as segmenter:
+        result = segmenter.segment(scan)
+    assert isinstance(result, Segmentation) and result.warnings == []
+    np.testing.assert_array_equal(result.labels.to_dense(), truth)
+    assert result.gating["enabled"] and result.gating["slices_run_stage2"] == 12
+    assert result.volumes_ml["tumour_ml"] == pytest.approx((truth == 2).sum() * 2.0 / 1000, rel=1e-6)
+    assert result.profile["slices"] == 24 and "postprocess" in result.profile["stages_s"]
+    out = save_segmentation_planes(result.labels, scan, path.with_name("lib_seg.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), truth)

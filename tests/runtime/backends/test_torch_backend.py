@@ -50,7 +50,7 @@ def _segment(pkg, backend, scan):
 
     choice = select_backend(pkg, backend)
     with Segmenter(pkg, choice, batch=4) as seg, Profiler(gpu=False, power=False) as prof:
-        labels, _, _ = seg.segment(load_scan(scan), prof)
+        labels = seg.segment(load_scan(scan), profiler=prof, postprocess=False).labels.to_dense()
         assert seg.describe().startswith(backend)
     return labels
 
