@@ -15,7 +15,8 @@ How a scan is read depends on where its slices sit in the file (``SlabReader.str
 - ``"whole"``: the slice axis is not the last (KiTS19's own files: shape (slices, 512,
   512), the slice axis varies FASTEST, so every slice is spread over the whole file),
   DICOM series, or a scan already in memory: the volume is read once, in its native
-  dtype (never float), and slabs are copied out of it. benchmarks/bench_io_memory.py
+  dtype (never float), and slabs (only their ``rows`` x ``cols`` crop, when given) are
+  copied out of it; :func:`gather_slices` copies any chosen slices out of it. benchmarks/bench_io_memory.py
   measures this cost.
 
 Every ``Slab.array`` is a fresh C-contiguous array (safe to hand to another thread): the
@@ -74,6 +75,9 @@ class SlabReader:
         start, stop: only canonical slices ``start .. stop`` (default: all); slabs start
             at ``start``, and their context slices still come from the volume outside
             the range where it exists.
+        rows, cols: only canonical rows ``rows[0] .. rows[1]`` and columns likewise (a
+            cascade's region): slabs hold just that crop, and a scan read whole copies
+            only the crop out of it.
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class SlabReader:
         order: str = "ascending",
         start: int = 0,
         stop: int | None = None,
+        rows: tuple[int, int] | None = None,
+        cols: tuple[int, int] | None = None,
     ) -> None:
         if slab_size < 1 or context < 0:
             raise ValueError("slab_size must be >= 1 and context >= 0")
@@ -98,6 +104,9 @@ class SlabReader:
         self.stop = self.n_slices if stop is None else min(int(stop), self.n_slices)
         if self.start >= self.stop:
             raise ValueError(f"empty slice range {start}..{stop} of {self.n_slices} slices")
+        _, n_rows, n_cols = scan.shape
+        self.rows = _span(rows, n_rows, "rows")
+        self.cols = _span(cols, n_cols, "cols")
         self.strategy = self._choose_strategy()
 
     def _choose_strategy(self) -> str:
@@ -132,13 +141,16 @@ class SlabReader:
         try:
             for start, stop in self.slab_ranges():
                 lo, hi = max(0, start - self.context), min(self.n_slices, stop + self.context)
-                yield self._make_slab(start, stop, source.canonical(lo, hi))
+                yield self._make_slab(start, stop, self._crop(source.canonical(lo, hi)))
             source.finish()
         finally:
             source.close()
 
+    def _crop(self, block: np.ndarray) -> np.ndarray:
+        return block[:, self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]]
+
     def _iter_whole(self) -> Iterator[Slab]:
-        canonical = self.scan.array
+        canonical = self._crop(self.scan.array)
         for start, stop in self.slab_ranges():
             lo, hi = max(0, start - self.context), min(self.n_slices, stop + self.context)
             yield self._make_slab(start, stop, canonical[lo:hi])
@@ -153,6 +165,39 @@ class SlabReader:
         out[:pad_lo] = block[0]
         out[pad_lo + n :] = block[-1]
         return Slab(start, stop, out, c)
+
+
+def _span(span: tuple[int, int] | None, size: int, what: str) -> tuple[int, int]:
+    if span is None:
+        return 0, size
+    lo, hi = int(span[0]), int(span[1])
+    if not 0 <= lo < hi <= size:
+        raise ValueError(f"{what} {lo}..{hi} do not lie within 0..{size}")
+    return lo, hi
+
+
+def gather_slices(scan: Scan, indices, rows: tuple[int, int] | None = None,
+                  cols: tuple[int, int] | None = None) -> np.ndarray:
+    """Canonical slices ``indices`` (any order, repeats allowed) of a scan held whole, cut
+    to ``rows`` x ``cols``: a fresh C-contiguous array in the native dtype.
+
+    For scans read whole (strategy ``"whole"``, e.g. KiTS19 files, or already in memory);
+    the first call reads the volume. A cascade's localiser uses it to take every k-th slice.
+    Where the slice axis varies fastest in memory (KiTS19), the copy goes a few columns at
+    a time, so each cache line of the volume is read once: 0.3 s instead of 0.7 s for
+    76 of 602 slices of 512 x 512 (numpy's fancy indexing) on the shared 2-core CPU.
+    """
+    idx = np.asarray(indices, dtype=np.intp)
+    _, n_rows, n_cols = scan.shape
+    (r0, r1), (c0, c1) = _span(rows, n_rows, "rows"), _span(cols, n_cols, "cols")
+    arr = scan.array[:, r0:r1, c0:c1]
+    if abs(arr.strides[0]) > min(abs(arr.strides[1]), abs(arr.strides[2])):
+        return np.ascontiguousarray(arr[idx])
+    out = np.empty((idx.size, r1 - r0, c1 - c0), arr.dtype)
+    step = 32
+    for j in range(0, c1 - c0, step):
+        out[:, :, j:j + step] = arr[:, :, j:j + step][idx]
+    return out
 
 
 class _NativeSlices:

@@ -155,3 +155,32 @@ def test_second_pass_over_a_region_decompresses_only_that_region(tmp_path, monke
     # 16 slices plus the context, far from the 64 of a full pass
     assert counter.total <= 18 * plane
     assert counter.total < first_pass / 3
+
+
+@pytest.mark.parametrize("name,shape,affine,strategy", CASES, ids=[c[0] for c in CASES])
+def test_cropped_slabs_equal_the_crop_of_the_whole_array(tmp_path, name, shape, affine, strategy):
+    vol = random_volume(shape, np.int16, seed=5)
+    path = write_nifti(tmp_path / name, vol, affine)
+    canonical = load_scan(path).array
+    rows, cols = (2, 9), (1, 4)
+    got = list(SlabReader(load_scan(path), slab_size=4, context=1, start=3, rows=rows, cols=cols))
+    assert got[0].start == 3
+    for slab in got:
+        expect = _expected_slab(canonical, slab.start, slab.stop, 1)[:, rows[0]:rows[1], cols[0]:cols[1]]
+        np.testing.assert_array_equal(slab.array, expect)
+        assert slab.array.flags.c_contiguous
+    with pytest.raises(ValueError, match="rows"):
+        SlabReader(load_scan(path), rows=(0, 999))
+
+
+@pytest.mark.parametrize("name", ["kits.nii.gz", "ras.nii"])
+def test_gather_slices_equals_fancy_indexing(tmp_path, name):
+    from kidedge.io.slabs import gather_slices
+
+    shape, affine = ((23, 11, 9), kits19_affine()) if name.startswith("kits") else ((9, 11, 23), ras_affine())
+    path = write_nifti(tmp_path / name, random_volume(shape, np.int16, seed=6), affine)
+    scan = load_scan(path)
+    idx = [0, 8, 16, 16, scan.shape[0] - 1]
+    got = gather_slices(scan, idx, rows=(1, 10))
+    np.testing.assert_array_equal(got, scan.array[idx][:, 1:10])
+    assert got.flags.c_contiguous
