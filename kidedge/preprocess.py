@@ -190,6 +190,7 @@ def preprocess_slices(
     pixel_spacing: Sequence[float] = (1.0, 1.0),
     slope: float = 1.0,
     intercept: float = 0.0,
+    pad_to: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Turn canonical slices into network input.
 
@@ -200,9 +201,12 @@ def preprocess_slices(
             repeating the edge slice, see :func:`context_indices`).
         spec: the preprocessing spec.
         pixel_spacing: (row, column) spacing in mm of the input slices.
+        pad_to: pad to this (h, w) instead of ``padded_size`` (an input shape bucket,
+            :mod:`kidedge.shape_buckets`); it must hold the resampled slices.
 
     Returns:
-        float32 ``(n, spec.channels, h, w)``, ``(h, w)`` = ``padded_size(output_size(...))``.
+        float32 ``(n, spec.channels, h, w)``, ``(h, w)`` = ``pad_to`` or
+        ``padded_size(output_size(...))``.
     """
     if hu.ndim != 3:
         raise ValueError(f"expected (slices, rows, cols), got shape {hu.shape}")
@@ -218,7 +222,9 @@ def preprocess_slices(
     window_and_normalise(x, spec, out=x)
     size = output_size(spec, hu.shape[1:], pixel_spacing)
     x = resize_linear(x, size)
-    ph, pw = padded_size(spec, size)
+    ph, pw = padded_size(spec, size) if pad_to is None else (int(pad_to[0]), int(pad_to[1]))
+    if ph < size[0] or pw < size[1]:
+        raise ValueError(f"pad_to {pad_to} is smaller than the resampled slices {size}")
     if (ph, pw) != size:
         padded = np.full((x.shape[0], ph, pw), normalised_value(spec.hu_window[0], spec), np.float32)
         padded[:, : size[0], : size[1]] = x

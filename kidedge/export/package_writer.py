@@ -316,17 +316,20 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                     say(f"stage {sname}: {variant} argmax agreement {parity[variant]['argmax_agreement']:.4f}")
                 report["quantisation"].setdefault(sname, {}).update(q)
 
-            # 4. TensorRT.
-            if tensorrt:
-                from kidedge.export.tensorrt_build import build_stage_plans
+            # 4. TensorRT: one optimisation profile per input shape bucket.
+            from kidedge.export.tensorrt_build import input_buckets
 
-                h, w = x.shape[-2:]
-                settings = {"channels": int(x.shape[1]), "height": int(h), "width": int(w),
-                            "depth": int(x.shape[2]) if dim == "3d" else None, **(tensorrt_settings or {})}
-                if dim == "3d" and not (tensorrt_settings or {}).get("batches"):
+            buckets = input_buckets(spec, x.shape, dim, (tensorrt_settings or {}).get("buckets"))
+            if tensorrt:
+                from kidedge.export.tensorrt_build import build_stage_plans, stage_build_settings
+
+                extra = {k: v for k, v in (tensorrt_settings or {}).items() if k != "buckets"}
+                if dim == "3d" and "batch" not in extra:
                     from kidedge.export.export3d import TRT_BATCHES
 
-                    settings["batches"] = TRT_BATCHES  # one bucket, the patch; a few windows per call
+                    extra["batch"] = TRT_BATCHES[-1]  # one bucket, the patch; a few windows per call
+                settings = stage_build_settings(int(x.shape[1]), buckets, int(x.shape[2]) if dim == "3d" else None,
+                                                **extra)
                 onnx_for = {"fp16": fp32_path}
                 if int8:
                     onnx_for["int8"] = sdir / "int8-trt.onnx"
@@ -339,6 +342,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             report["parity"][sname] = parity
             report["onnx"][sname] = info
             stages.append(_manifest_stage(st, spec, x, dim, files, parity, fidelity))
+            stages[-1]["input"]["buckets"] = [list(b) for b in buckets]
             del runners, model
 
         shutil.rmtree(tmp / ".work", ignore_errors=True)

@@ -1,88 +1,107 @@
-"""TensorRT engines (plans) from the package's ONNX files.
+"""TensorRT engines (plans) from the package's ONNX files: one optimisation profile per
+input shape bucket.
 
-Written to the TensorRT 10 Python API. Each call below was checked against NVIDIA's
-documentation; the page that confirms it is named next to it (docs.nvidia.com/deeplearning/
-tensorrt/latest/_static/python-api/... is abbreviated ``py-api/``):
+Written to the TensorRT 10 Python API. Each call was checked against NVIDIA's
+documentation; the page is named beside the call (``py-api/`` abbreviates docs.nvidia.com/
+deeplearning/tensorrt/latest/_static/python-api/, ``c-api/`` the C++ pages of the same
+release, ``guide/`` docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/). Return
+values were checked against the Python bindings' sources (NVIDIA/TensorRT, python/src/
+infer/pyCore.cpp): ``build_serialized_network`` and ``create_network`` return None on
+failure, ``add_optimization_profile`` the profile's index (-1 if invalid),
+``set_timing_cache`` a bool, ``IOptimizationProfile.set_shape`` raises on inconsistent
+shapes. Every one is checked here.
 
-* ``trt.Builder(logger).create_network(flags)`` (py-api/infer/Core/Builder.html): in
-  TensorRT 10 every network is explicit batch; ``NetworkDefinitionCreationFlag.
-  EXPLICIT_BATCH`` is listed there as "[DEPRECATED] Ignored because networks are always
-  explicit batch in TensorRT 10.0", so it is never set. The one flag used is
-  ``1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)`` for the QDQ int8 model on
-  a GPU: the Q/DQ nodes then fix every int8 tensor (explicit quantisation) and the rest
-  runs in the ONNX's float type, with no calibrator and no INT8 builder flag ("Use
-  explicit quantization with Strong Typing. Precision-control build flags are not required
-  and should not be specified": inference-library/quantized-types-explicit-quantization.html).
-  TensorRT 11 makes strong typing the default and ignores the flag (same Builder page of
-  11.x), so this stays correct there.
-* fp16 plans are built weakly typed from the fp32 ONNX with ``config.set_flag(
-  trt.BuilderFlag.FP16)`` (py-api/infer/Core/BuilderConfig.html, BuilderFlag), letting
-  TensorRT pick fp16 kernels where faster; weak typing is deprecated from 10.12 and gone
-  in 11 (where fp16 needs an fp16-typed ONNX: the package's fp16.onnx).
-* ``trt.OnnxParser(network, logger).parse_from_file(path)`` returns False on failure;
-  errors via ``parser.num_errors`` / ``parser.get_error(i)`` (py-api/parsers/Onnx/
-  pyOnnx.html).
-* ``builder.create_builder_config()``; ``config.set_memory_pool_limit(
-  trt.MemoryPoolType.WORKSPACE, bytes)`` (py-api/infer/Core/BuilderConfig.html;
-  MemoryPoolType.WORKSPACE "defaults to max device memory", so it is capped here).
+Profiles and batch (why this shape of engine):
+
+* The runtime pads every input to one of the stage's shape buckets
+  (:mod:`kidedge.shape_buckets`); each bucket gets its own profile whose spatial size has
+  min = opt = max, so TensorRT tunes kernels for exactly the shapes that run ("The builder
+  selects the kernels that result in the lowest runtime for the optimum input tensor
+  dimensions, and are valid for all input tensor sizes in the valid range":
+  py-api/infer/Core/OptimizationProfile.html).
+* GPU plans: batch is dynamic within each profile, min 1, opt = max = the runtime's
+  micro-batch (default 16, ``kidedge infer``'s GPU default). Full micro-batches run at the
+  tuned shape; the last, partial one of a scan runs without padding. Larger ``--batch`` is
+  split by the backend.
+* DLA plans: fixed batch (min = opt = max), because "DLA does not support dynamic
+  dimensions, so the profile's min, max, and opt values must be equal for wildcard
+  dimensions. The runtime dimensions must be the same as the dimensions used for
+  building" (guide/dla-layer-restrictions.html); the backend pads a partial micro-batch
+  with zeros. The same page allows "only 16 DLA loadable ... concurrently per core", and
+  every profile needs its own, so a DLA build is refused above :data:`MAX_DLA_PROFILES`
+  buckets.
+
+Calls:
+
+* ``trt.Builder(logger).create_network(flags)`` (py-api/infer/Core/Builder.html): every
+  network is explicit batch in TensorRT 10 (``EXPLICIT_BATCH`` is "[DEPRECATED] Ignored"),
+  so the one flag used is ``1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)``
+  for the QDQ int8 model on a GPU: explicit quantisation, no calibrator, no INT8 flag
+  ("Use explicit quantization with Strong Typing. Precision-control build flags are not
+  required and should not be specified": guide/quantized-types-explicit-quantization.html).
+* fp16 plans: weakly typed from the fp32 ONNX with ``config.set_flag(trt.BuilderFlag.FP16)``
+  (py-api/infer/Core/BuilderConfig.html).
+* ``trt.OnnxParser(network, logger).parse_from_file(path)`` -> bool; errors via
+  ``num_errors`` / ``get_error(i)`` (py-api/parsers/Onnx/pyOnnx.html).
+* ``config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, bytes)`` (BuilderConfig
+  page: the workspace "defaults to max device memory", so it is capped).
 * ``builder.create_optimization_profile()``, ``profile.set_shape(name, min, opt, max)``,
-  ``config.add_optimization_profile(profile)`` (py-api/infer/Core/OptimizationProfile.html:
-  kernels are chosen for ``opt`` and valid for every shape between ``min`` and ``max``).
-* Timing cache (performance/builder-performance.html, "Timing Cache"; py-api/infer/Core/
-  TimingCache.html): ``config.create_timing_cache(blob)`` (an empty blob makes a new
-  cache), ``config.set_timing_cache(cache, ignore_mismatch=False)``, and after the build
-  ``cache.serialize()`` is saved next to the plan. The cache is specific to the device,
-  CUDA and TensorRT versions, so it is stored under the same key as the plan.
-* DLA (Jetson; inference-library/dla-build-and-run.html "Using the TensorRT API",
-  BuilderConfig page): ``config.default_device_type = trt.DeviceType.DLA``,
-  ``config.DLA_core = n``, ``config.set_flag(trt.BuilderFlag.GPU_FALLBACK)`` ("Enable
-  layers marked to execute on GPU if layer cannot execute on DLA"); ``builder.
-  num_DLA_cores`` (Builder page) bounds ``n``. DLA runs only fp16 and int8, so a DLA build
-  is never fp32. TensorRT 10.7 is the last 10.x release with DLA (Working with DLA, 11.x
-  pages), and DLA there is built weakly typed: a DLA int8 plan is the QDQ model with the
-  INT8 and FP16 flags (float layers in fp16 on DLA) instead of strong typing.
-* ``builder.build_serialized_network(network, config)`` returns the plan (``IHostMemory``)
-  or None on failure (Builder page).
+  ``config.add_optimization_profile(profile)`` -> index (OptimizationProfile page;
+  c-api/classnvinfer1_1_1_i_builder_config.html ``addOptimizationProfile``).
+* Timing cache (guide/../performance/builder-performance.html "Timing Cache";
+  py-api/infer/Core/TimingCache.html): ``config.create_timing_cache(blob)`` (empty blob:
+  new cache), ``config.set_timing_cache(cache, ignore_mismatch=False)``, and
+  ``cache.serialize()`` saved beside the plan under the plan's key (a cache is specific to
+  the device, CUDA and TensorRT version).
+* DLA (guide/dla-build-and-run.html "Using the TensorRT API"; BuilderConfig page):
+  ``config.default_device_type = trt.DeviceType.DLA``, ``config.DLA_core = n``,
+  ``config.set_flag(trt.BuilderFlag.GPU_FALLBACK)``; ``builder.num_DLA_cores`` bounds ``n``.
+  DLA runs fp16 and int8 only. TensorRT 10.7 is the last release with DLA on JetPack
+  ("If DLA is required on any of these platforms, remain on TensorRT 10.7":
+  guide/work-with-dla.html of 11.x); there DLA builds stay weakly typed, so a DLA int8
+  plan is the QDQ model with the INT8 and FP16 flags.
+* ``builder.build_serialized_network(network, config)`` -> ``IHostMemory`` or None.
 
-The runtime side (``trt.Runtime(logger).deserialize_cuda_engine(plan)``, returns None if
-the plan cannot be deserialized: py-api/infer/Core/Runtime.html; ``num_io_tensors`` /
-``get_tensor_name`` / ``get_tensor_mode``: py-api/infer/Core/Engine.html;
-``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3(stream_handle)``:
-py-api/infer/Core/ExecutionContext.html) is :mod:`kidedge.runtime.backends.tensorrt_backend`.
+The runtime side is :mod:`kidedge.runtime.backends.tensorrt_backend`.
 
-A plan runs only on the TensorRT version and GPU it was built for, so it is stored under
-:func:`kidedge.package.tensorrt_key`: TensorRT version, GPU name, compute capability,
-precision (with ``dla<n>`` appended for a DLA plan) and the first 12 hex digits of the
-ONNX file's sha256.
-
-TensorRT cannot be installed on the machine this was written on (no GPU): the module
-imports ``tensorrt`` lazily; :func:`require_tensorrt` is a one-line :class:`KidedgeError`
-without it. The unit tests check the decisions made here (flags, profile shapes, keys)
-against a recording stand-in of the ``tensorrt`` module; the real build is tested only by
-the ``tensorrt``-marked integration test, which runs where TensorRT and a GPU exist.
+TensorRT cannot be installed on the machine this was written on (no GPU): ``tensorrt`` is
+imported lazily, :func:`require_tensorrt` is a one-line :class:`KidedgeError` without it.
+Unit tests record the calls made here against a stand-in with the real API's signatures;
+the real build is tested by the ``tensorrt``-marked tests where TensorRT and a GPU exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from kidedge.errors import KidedgeError
 from kidedge.export.onnx_export import INPUT_NAME
-from kidedge.package import sha256_file, tensorrt_key
+from kidedge.package import PlanKey, sha256_file, tensorrt_key
+from kidedge.runtime.backends.tensorrt_backend import check_tensorrt_version
+from kidedge.shape_buckets import check_buckets, describe, stage_buckets
 
-#: Micro-batch sizes the runtime uses (``kidedge infer --batch``'s range of use).
-DEFAULT_BATCHES = (1, 8, 32)
+#: Micro-batch the GPU profiles are tuned for (``kidedge infer``'s GPU default).
+DEFAULT_BATCH = 16
 DEFAULT_WORKSPACE = 2 << 30
+#: DLA loadables per core (guide/dla-layer-restrictions.html); one per profile at least.
+MAX_DLA_PROFILES = 16
 
 
 def require_tensorrt():
-    """The ``tensorrt`` module and a visible CUDA GPU, or a one-line KidedgeError."""
+    """The ``tensorrt`` module (TensorRT 10.x) and a visible CUDA GPU, or a one-line
+    KidedgeError."""
     try:
         import tensorrt as trt
     except ImportError:
         raise KidedgeError("--tensorrt needs the TensorRT Python API and an NVIDIA GPU: "
                            "pip install 'kidedge[tensorrt]' on the GPU machine") from None
+    version = str(trt.__version__)
+    check_tensorrt_version(version)
+    if int(version.split(".")[0]) >= 11:
+        raise KidedgeError(f"TensorRT {version}: kidedge builds fp16 plans weakly typed (the FP16 builder flag), "
+                           "which TensorRT 11 removed; build the plans with TensorRT 10.x")
     gpu_identity()
     return trt
 
@@ -120,9 +139,8 @@ class BuildSettings:
         precision: ``"fp16"`` (weakly typed + FP16 flag, from fp32 ONNX), ``"int8"``
             (strongly typed, from the int8-trt QDQ ONNX) or ``"fp32"``.
         channels: input channels.
-        height, width: optimisation-profile spatial size (the stage's preprocessed size);
-            ``max_height``/``max_width`` widen the profile for dynamic inputs.
-        batches: (min, opt, max) batch sizes of the optimisation profile.
+        buckets: the stage's input shape buckets, (height, width) each: one profile each.
+        batch: micro-batch of every profile (GPU: max and opt, min 1; DLA: fixed).
         depth: 3D stages: slices per block (input NCDHW); None for 2D.
         workspace_bytes: builder workspace memory pool limit.
         dla_core: build for this Jetson DLA core (with GPU fallback); None for GPU only.
@@ -130,11 +148,8 @@ class BuildSettings:
 
     precision: str
     channels: int
-    height: int
-    width: int
-    batches: tuple[int, int, int] = DEFAULT_BATCHES
-    max_height: int | None = None
-    max_width: int | None = None
+    buckets: tuple[tuple[int, int], ...]
+    batch: int = DEFAULT_BATCH
     depth: int | None = None
     workspace_bytes: int = DEFAULT_WORKSPACE
     dla_core: int | None = None
@@ -142,31 +157,31 @@ class BuildSettings:
     def __post_init__(self) -> None:
         if self.precision not in ("fp16", "int8", "fp32"):
             raise KidedgeError(f"TensorRT precision must be fp16, int8 or fp32, got {self.precision!r}")
-        b = self.batches
-        if len(b) != 3 or not (1 <= b[0] <= b[1] <= b[2]):
-            raise KidedgeError(f"TensorRT batch profile must be min <= opt <= max >= 1, got {b}")
-        if self.dla_core is not None and self.precision == "fp32":
-            raise KidedgeError("DLA runs fp16 or int8 only; pick --precision fp16 or int8 for a DLA build")
+        if int(self.batch) < 1:
+            raise KidedgeError(f"TensorRT profile batch must be >= 1, got {self.batch}")
+        buckets = tuple((int(h), int(w)) for h, w in self.buckets)
+        if not buckets or any(min(b) < 1 for b in buckets) or len(set(buckets)) != len(buckets):
+            raise KidedgeError(f"TensorRT build needs distinct positive input buckets, got {list(self.buckets)}")
+        object.__setattr__(self, "buckets", buckets)
+        if self.dla_core is not None:
+            if self.precision == "fp32":
+                raise KidedgeError("DLA runs fp16 or int8 only; pick --precision fp16 or int8 for a DLA build")
+            if len(buckets) > MAX_DLA_PROFILES:
+                raise KidedgeError(
+                    f"a DLA plan loads one DLA loadable per profile and a DLA core holds {MAX_DLA_PROFILES}; "
+                    f"{len(buckets)} input buckets are too many (export with fewer, coarser buckets)")
 
 
-def profile_shapes(s: BuildSettings) -> dict[str, tuple[int, ...]]:
-    """min/opt/max input shapes of the optimisation profile."""
-    mh, mw = s.max_height or s.height, s.max_width or s.width
-    if s.depth is not None:
-        return {"min": (s.batches[0], s.channels, s.depth, s.height, s.width),
-                "opt": (s.batches[1], s.channels, s.depth, s.height, s.width),
-                "max": (s.batches[2], s.channels, s.depth, mh, mw)}
-    return {"min": (s.batches[0], s.channels, s.height, s.width),
-            "opt": (s.batches[1], s.channels, s.height, s.width),
-            "max": (s.batches[2], s.channels, mh, mw)}
+def profile_shapes(s: BuildSettings) -> list[dict]:
+    """One ``{"bucket", "min", "opt", "max"}`` per bucket, in profile-index order."""
+    lo = s.batch if s.dla_core is not None else 1  # DLA: no dynamic dimensions at all
+    lead = (s.channels,) if s.depth is None else (s.channels, int(s.depth))
+    return [{"bucket": (h, w), "min": (lo, *lead, h, w), "opt": (s.batch, *lead, h, w),
+             "max": (s.batch, *lead, h, w)} for h, w in s.buckets]
 
 
 def network_flags(trt, precision: str, dla: bool = False) -> int:
-    """create_network flags: STRONGLY_TYPED for QDQ int8 on a GPU, none otherwise.
-
-    EXPLICIT_BATCH is never passed: deprecated and ignored in TensorRT 10 (Builder page).
-    DLA builds stay weakly typed (see the module docstring).
-    """
+    """create_network flags: STRONGLY_TYPED for QDQ int8 on a GPU, none otherwise."""
     if precision == "int8" and not dla:
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
@@ -183,12 +198,23 @@ def builder_flags(precision: str, dla: bool = False) -> list[str]:
 
 
 def plan_precision_label(precision: str, dla_core: int | None) -> str:
-    """The precision part of a plan key: ``fp16``, ``int8``, or ``fp16dla0`` for DLA core 0.
+    """The precision part of a plan key (:meth:`kidedge.package.PlanKey.precision_label`)."""
+    return PlanKey.precision_label(precision, dla_core)
 
-    A DLA plan must never be mistaken for a GPU plan of the same precision (the runtime
-    picks plans by precision), so the core is part of the label.
-    """
-    return precision if dla_core is None else f"{precision}dla{int(dla_core)}"
+
+def _add_profiles(trt, builder, config, settings: BuildSettings) -> list[dict]:
+    shapes = profile_shapes(settings)
+    for i, shp in enumerate(shapes):
+        profile = builder.create_optimization_profile()
+        try:
+            profile.set_shape(INPUT_NAME, shp["min"], shp["opt"], shp["max"])
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise KidedgeError(f"TensorRT refused the profile of bucket {shp['bucket']}: {exc}") from None
+        index = config.add_optimization_profile(profile)
+        if index != i:  # -1: the profile is invalid for this network
+            raise KidedgeError(f"TensorRT refused the optimisation profile of input bucket "
+                               f"{shp['bucket'][0]}x{shp['bucket'][1]} (index {index})")
+    return shapes
 
 
 def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=None,
@@ -204,7 +230,7 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=
             (default: ``plan_path`` with suffix ``.timing-cache``).
 
     Returns:
-        Plan facts for the manifest (precision, profile, flags, DLA, versions).
+        Plan facts for the manifest (precision, profiles, flags, DLA, versions).
     """
     trt = trt or require_tensorrt()
     timing_cache_path = Path(timing_cache_path or Path(plan_path).with_suffix(".timing-cache"))
@@ -213,6 +239,8 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=
     dla = settings.dla_core is not None
     flags = network_flags(trt, settings.precision, dla)
     network = builder.create_network(flags)
+    if network is None:
+        raise KidedgeError(f"{onnx_path}: TensorRT could not create a network definition")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -223,32 +251,37 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, trt=
     if dla:
         if settings.dla_core >= builder.num_DLA_cores:
             raise KidedgeError(f"DLA core {settings.dla_core} requested but this device has "
-                               f"{builder.num_DLA_cores} DLA cores")
+                               f"{builder.num_DLA_cores} DLA cores (DLA needs a Jetson and TensorRT <= 10.7)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(settings.dla_core)
     flag_names = builder_flags(settings.precision, dla)
     for name in flag_names:
         config.set_flag(getattr(trt.BuilderFlag, name))
-
-    shapes = profile_shapes(settings)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
+    shapes = _add_profiles(trt, builder, config, settings)
 
     previous = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
     cache = config.create_timing_cache(previous)
-    config.set_timing_cache(cache, False)
+    if cache is None or not config.set_timing_cache(cache, False):
+        if not previous:
+            raise KidedgeError("TensorRT could not create a timing cache")
+        print(f"kidedge export: {timing_cache_path.name} does not fit this GPU/TensorRT; building without it")
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, False):
+            raise KidedgeError("TensorRT could not create a timing cache")
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise KidedgeError(f"{onnx_path}: TensorRT engine build failed ({settings.precision}); see the TensorRT log above")
+        raise KidedgeError(f"{onnx_path}: TensorRT engine build failed ({settings.precision}, buckets "
+                           f"{describe(settings.buckets)}); see the TensorRT log above")
     Path(plan_path).write_bytes(bytes(plan))
     timing_cache_path.write_bytes(bytes(cache.serialize()))
     return {
         "precision": settings.precision,
         "strongly_typed": bool(flags),
         "builder_flags": flag_names,
-        "profile": {k: list(v) for k, v in shapes.items()},
+        "buckets": [list(b) for b in settings.buckets],
+        "profiles": [{k: list(v) for k, v in s.items()} for s in shapes],
+        "batch": {"max": settings.batch, "fixed": dla},
         "workspace_bytes": int(settings.workspace_bytes),
         "dla_core": settings.dla_core,
         "gpu_fallback": dla,
@@ -261,12 +294,17 @@ def build_stage_plans(stage_dir: Path, rel_dir: str, onnx_files: dict[str, Path]
                       trt=None, gpu: tuple[str, tuple[int, int]] | None = None) -> dict:
     """Build every plan a stage gets and return its ``files["tensorrt"]`` entries.
 
+    GPU plans are always built; with ``settings["dla_core"]`` the same precisions are also
+    built for that DLA core, so a Jetson can run either (the runtime falls back to the GPU
+    plan when no DLA plan fits).
+
     Args:
         stage_dir: the stage's folder inside the package being written.
         rel_dir: that folder relative to the package root (manifest paths).
         onnx_files: ``{"fp16": fp32.onnx path, "int8": int8-trt.onnx path}`` (present keys
             are built).
-        settings: keyword arguments of :class:`BuildSettings` except ``precision``.
+        settings: keyword arguments of :class:`BuildSettings` except ``precision``
+            (``buckets`` and ``channels`` required).
         gpu: (name, compute capability); default: :func:`gpu_identity`.
 
     Returns:
@@ -275,13 +313,37 @@ def build_stage_plans(stage_dir: Path, rel_dir: str, onnx_files: dict[str, Path]
     """
     trt = trt or require_tensorrt()
     name, cc = gpu or gpu_identity()
+    cores = [None] + ([int(settings["dla_core"])] if settings.get("dla_core") is not None else [])
     entries = {}
-    for precision, onnx_path in onnx_files.items():
-        label = plan_precision_label(precision, settings.get("dla_core"))
-        key = tensorrt_key(str(trt.__version__), name, cc, label, sha256_file(onnx_path))
-        plan = Path(stage_dir) / f"{key}.plan"
-        cache = Path(stage_dir) / f"{key}.timing-cache"
-        facts = build_engine(onnx_path, plan, BuildSettings(precision=precision, **settings), trt, cache)
-        entries[key] = {"path": f"{rel_dir}/{plan.name}", "timing_cache": {"path": f"{rel_dir}/{cache.name}"},
-                        "gpu": name, "compute_capability": f"{cc[0]}.{cc[1]}", **facts}
+    for core in cores:
+        for precision, onnx_path in onnx_files.items():
+            s = BuildSettings(precision=precision, **{**settings, "dla_core": core})
+            key = tensorrt_key(str(trt.__version__), name, cc, plan_precision_label(precision, core),
+                               sha256_file(onnx_path))
+            plan = Path(stage_dir) / f"{key}.plan"
+            cache = Path(stage_dir) / f"{key}.timing-cache"
+            facts = build_engine(onnx_path, plan, s, trt, cache)
+            entries[key] = {"path": f"{rel_dir}/{plan.name}", "timing_cache": {"path": f"{rel_dir}/{cache.name}"},
+                            "gpu": name, "compute_capability": f"{cc[0]}.{cc[1]}", **facts}
     return entries
+
+
+def stage_build_settings(channels: int, buckets: Sequence[Sequence[int]], depth: int | None = None,
+                         **extra) -> dict:
+    """The ``settings`` of :func:`build_stage_plans` for a stage (extra: batch, dla_core, ...)."""
+    return {"channels": int(channels), "buckets": tuple((int(h), int(w)) for h, w in buckets),
+            "depth": None if depth is None else int(depth), **extra}
+
+
+def input_buckets(spec, input_shape: Sequence[int], dim: str, given=None) -> list[tuple[int, int]]:
+    """A stage's input shape buckets for the manifest and its plans: ``given`` (checked)
+    when the exporter names them, the patch (h, w) of a 3D stage, else the default list
+    for its preprocessing (:func:`kidedge.shape_buckets.stage_buckets`)."""
+    if given:
+        try:
+            return check_buckets([list(b) for b in given], spec if dim == "2d" else None)
+        except ValueError as exc:
+            raise KidedgeError(f"TensorRT buckets: {exc}") from None
+    if dim == "3d":
+        return [(int(input_shape[-2]), int(input_shape[-1]))]
+    return stage_buckets(spec)

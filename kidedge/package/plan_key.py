@@ -21,6 +21,9 @@ _KEY = re.compile(r"^trt(?P<trt_version>[0-9.]+)-(?P<gpu>[a-z0-9_]+)-sm(?P<sm>[0
                   r"(?P<precision>[a-z0-9]+)-(?P<onnx_sha12>[0-9a-f]{12})$")
 
 
+_DLA = re.compile(r"dla([0-9]+)$")
+
+
 def slugify(text: str) -> str:
     """Lower-case ``[a-z0-9]`` words joined by ``_`` (GPU names in TensorRT plan keys)."""
     return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_") or "unknown"
@@ -75,6 +78,23 @@ class PlanKey:
 
     def __str__(self) -> str:
         return f"trt{self.trt_version}-{self.gpu}-sm{self.sm}-{self.precision}-{self.onnx_sha12}"
+
+    @staticmethod
+    def precision_label(precision: str, dla_core: int | None = None) -> str:
+        """The precision part of a key: ``fp16``, or ``fp16dla0`` for a plan built for DLA
+        core 0 (a DLA plan must never be taken for the GPU plan of the same precision)."""
+        return str(precision) if dla_core is None else f"{precision}dla{int(dla_core)}"
+
+    @property
+    def dla_core(self) -> int | None:
+        """The DLA core a plan was built for (``fp16dla0`` -> 0); None for a GPU plan."""
+        m = _DLA.search(self.precision)
+        return int(m[1]) if m else None
+
+    @property
+    def base_precision(self) -> str:
+        """The precision without the DLA core: ``fp16`` for ``fp16dla0``."""
+        return _DLA.sub("", self.precision)
 
     def runs_on(self, trt_version: str | None, gpu_name: str | None) -> bool:
         """Whether the plan can run with this TensorRT (same major.minor.patch) and GPU."""

@@ -24,7 +24,8 @@ def test_full_package_manifest(full_package):
     assert m["classes"]["2"] == "tumour" and m["architecture"] == "tiny_unet"
     (stage,) = pkg.stages
     assert pkg.available_precisions("seg") == ["fp32", "fp16", "int8-cpu", "int8-trt", "torch"]
-    assert stage.input.to_dict() == {"name": "image", "channels": 1, "height": 96, "width": 96, "dtype": "float32", "layout": "NCHW"}
+    assert stage.input.to_dict() == {"name": "image", "channels": 1, "height": 96, "width": 96, "dtype": "float32",
+                                     "layout": "NCHW", "buckets": [[96, 96]]}
     assert stage.output.name == "logits" and stage.output.labels == (0, 1, 2, 3)
     assert pkg.preprocess_spec("seg").size == (96, 96)
     assert all(v == "ok" for v in pkg.verify_hashes().values())

@@ -18,6 +18,12 @@ class BackendUnavailable(RuntimeError):
     """The backend's library, device or model file is not usable on this machine."""
 
 
+class BackendOutOfMemory(RuntimeError):
+    """The device ran out of memory for this micro-batch (TensorRT, onnxruntime's CUDA
+    provider and torch on CUDA raise it in place of their own out-of-memory errors); the
+    engine retries the scan at a smaller micro-batch."""
+
+
 class Backend(abc.ABC):
     """One model on one inference engine.
 
@@ -28,6 +34,9 @@ class Backend(abc.ABC):
     """
 
     name = "base"
+    #: The only input (height, width) sizes the engine runs (its shape buckets), set on
+    #: activation by engines with fixed shapes (TensorRT); None: any size.
+    input_buckets: list[tuple[int, int]] | None = None
 
     def __init__(self) -> None:
         self.is_active = False

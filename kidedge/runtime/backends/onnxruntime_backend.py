@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kidedge.runtime.backends.base import Backend, BackendUnavailable
+from kidedge.runtime.backends.base import Backend, BackendOutOfMemory, BackendUnavailable
 
 #: ``device`` argument -> execution providers to ask for, most preferred first.
 PROVIDERS = {
@@ -18,6 +18,10 @@ PROVIDERS = {
 }
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+#: How onnxruntime's CUDA/TensorRT providers word a failed device allocation ("CUDA failure
+#: 2: out of memory", "BFCArena ... Failed to allocate memory"); it raises its own
+#: RuntimeException/Fail types, so the message is all there is to go by.
+_OOM_WORDS = ("out of memory", "failed to allocate memory")
 
 
 def available_providers() -> list[str]:
@@ -106,7 +110,12 @@ class OnnxRuntimeBackend(Backend):
     def _infer(self, x: np.ndarray) -> np.ndarray:
         if self.input_dtype != np.float32:
             x = x.astype(self.input_dtype)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            if self.device != "cpu" and any(w in str(exc).lower() for w in _OOM_WORDS):
+                raise BackendOutOfMemory(f"GPU out of memory at micro-batch {x.shape[0]} (onnxruntime {self.device})") from exc
+            raise
 
     def _deactivate(self) -> None:
         self.session = None

@@ -47,7 +47,9 @@ class BackendChoice:
         files: stage name -> key in the stage's ``files`` (``fp32``, ``int8-cpu``, ...,
             ``torch``, or a TensorRT plan key).
         precision: the resolved precision, e.g. ``int8`` (one word for the report).
-        reason: why this backend, and why not the faster ones.
+        reason: why this backend, and why not the faster ones (and, with ``--dla-core``,
+            which stages fell back to their GPU plan).
+        dla_core: the DLA core asked for (``kidedge infer --dla-core``), or None.
     """
 
     backend: str
@@ -56,6 +58,7 @@ class BackendChoice:
     precision: str
     reason: str = ""
     skipped: list[str] = dataclasses.field(default_factory=list)
+    dla_core: int | None = None
 
     def describe(self) -> str:
         return f"{self.backend} ({self.device}, {self.precision})"
@@ -104,8 +107,13 @@ def _onnx_keys(device: str, precision: str) -> tuple[str, ...]:
     return (precision,)
 
 
-def _resolve_files(package, backend: str, device: str, precision: str) -> dict[str, str]:
-    """Stage name -> file key for this backend, or KidedgeError naming what is missing."""
+def _resolve_files(package, backend: str, device: str, precision: str, dla_core: int | None = None,
+                   notes: list[str] | None = None) -> dict[str, str]:
+    """Stage name -> file key for this backend, or KidedgeError naming what is missing.
+
+    With ``dla_core`` a stage takes its plan built for that DLA core where it has one, else
+    its GPU plan, and ``notes`` says which stages fell back.
+    """
     files = {}
     for stage in package.stages:
         if backend == "onnxruntime":
@@ -123,7 +131,12 @@ def _resolve_files(package, backend: str, device: str, precision: str) -> dict[s
             key = "torch"
         elif backend == "tensorrt":
             order = ("fp16", "fp32", "int8") if precision == "auto" else (precision,)
-            key = match_plan(stage.plans, tensorrt_version(), gpu_name(), order)
+            key = None
+            if dla_core is not None:
+                key = match_plan(stage.plans, tensorrt_version(), gpu_name(), order, dla_core=dla_core)
+                if key is None and notes is not None:
+                    notes.append(f"stage {stage.name!r} has no plan for DLA core {dla_core} here: its GPU plan runs")
+            key = key or match_plan(stage.plans, tensorrt_version(), gpu_name(), order)
             if key is None:
                 raise KidedgeError(
                     f"{package.source}: stage {stage.name!r} has no {'' if precision == 'auto' else precision + ' '}"
@@ -140,11 +153,12 @@ def _precision_word(backend: str, device: str, files: dict[str, str], precision:
         return "fp16" if (precision in ("auto", "fp16") and device == "cuda") else "fp32"
     key = next(iter(files.values()))
     if backend == "tensorrt":
-        return PlanKey.parse(key).precision
+        return PlanKey.parse(key).base_precision
     return key.split("-")[0]  # int8-cpu / int8-trt -> int8
 
 
-def select_backend(package, backend: str = "auto", precision: str = "auto") -> BackendChoice:
+def select_backend(package, backend: str = "auto", precision: str = "auto",
+                   dla_core: int | None = None) -> BackendChoice:
     """Choose the backend, device and model files for ``package``.
 
     Args:
@@ -152,26 +166,33 @@ def select_backend(package, backend: str = "auto", precision: str = "auto") -> B
         backend: ``auto`` (fastest available, see :data:`AUTO_ORDER`) or a backend name.
         precision: ``auto`` (int8 on CPU, fp16 on GPU, fp32 when those are missing),
             ``fp32``, ``fp16`` or ``int8``.
+        dla_core: prefer TensorRT plans built for this Jetson DLA core (GPU fallback per
+            stage where a package has none); only TensorRT runs on a DLA.
 
     Raises:
         KidedgeError: the backend cannot run here, or the package lacks its files.
     """
     if precision not in USER_PRECISIONS:
         raise KidedgeError(f"--precision must be one of {USER_PRECISIONS}, got {precision!r}")
+    if dla_core is not None and backend not in ("auto", "tensorrt"):
+        raise KidedgeError(f"--dla-core runs TensorRT plans on a Jetson's DLA; it does not apply to --backend {backend}")
+    notes: list[str] = []
     if backend == "auto":
         skipped = []
         for name, device in AUTO_ORDER:
             why = device_available(name, device)
             if why is None:
                 try:
-                    files = _resolve_files(package, name, device, precision)
+                    files = _resolve_files(package, name, device, precision, dla_core, notes)
                 except KidedgeError as exc:
                     why = str(exc).split(": ", 1)[-1]
             if why is None:
                 reason = "auto: fastest available" + (
                     f"; not available: {', '.join(s.split(':')[0] for s in skipped)}" if skipped else "")
+                if dla_core is not None and name != "tensorrt":
+                    notes.append(f"--dla-core {dla_core} unused: TensorRT cannot run this package here")
                 return BackendChoice(name, device, files, _precision_word(name, device, files, precision),
-                                     reason, skipped)
+                                     "; ".join([reason, *notes]), skipped, dla_core)
             skipped.append(f"{name}/{device}: {why}")
         raise KidedgeError(f"no backend can run {package.source} here: {'; '.join(skipped)}")
     if backend not in BACKENDS:
@@ -186,9 +207,9 @@ def select_backend(package, backend: str = "auto", precision: str = "auto") -> B
         raise KidedgeError(f"--backend {backend}: {why}")
     if backend == "torch" and precision == "fp16" and device != "cuda":
         raise KidedgeError("--backend torch --precision fp16 needs a CUDA GPU")
-    files = _resolve_files(package, backend, device, precision)
+    files = _resolve_files(package, backend, device, precision, dla_core, notes)
     return BackendChoice(backend, device, files, _precision_word(backend, device, files, precision),
-                         f"--backend {backend}")
+                         "; ".join([f"--backend {backend}", *notes]), dla_core=dla_core)
 
 
 def create_backend(choice: BackendChoice, package, stage: Stage, max_batch: int = 8,
@@ -207,7 +228,11 @@ def create_backend(choice: BackendChoice, package, stage: Stage, max_batch: int 
     if choice.backend == "onnxruntime":
         return OnnxRuntimeBackend(path, device=choice.device, threads=threads)
     if choice.backend == "tensorrt":
-        return TensorRTBackend(path, max_batch=max_batch)
+        parsed, entry = PlanKey.parse(key), stage.plans.get(key)
+        # the buckets the plan was built for (its profiles are checked against them)
+        buckets = (entry.extra.get("buckets") if entry is not None else None) or stage.input.buckets or None
+        return TensorRTBackend(path, max_batch=max_batch, dla_core=parsed.dla_core if parsed else None,
+                               buckets=buckets)
     from kidedge.runtime.backends.torch_backend import TorchBackend
 
     return TorchBackend(stage.arch or package.manifest.architecture, dict(stage.model_kwargs), path, device=choice.device, precision=choice.precision, threads=threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kidedge.runtime.backends.base import Backend, BackendUnavailable
+from kidedge.runtime.backends.base import Backend, BackendOutOfMemory, BackendUnavailable
 
 
 def torch_devices() -> list[str]:
@@ -78,14 +78,19 @@ class TorchBackend(Backend):
     def _infer(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
         dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.inference_mode():
-            t = torch.from_numpy(x).to(self.device)
-            if self.precision == "fp16":
-                with torch.autocast(dev_type, dtype=torch.float16):
+        try:
+            with torch.inference_mode():
+                t = torch.from_numpy(x).to(self.device)
+                if self.precision == "fp16":
+                    with torch.autocast(dev_type, dtype=torch.float16):
+                        y = self.model(t)
+                else:
                     y = self.model(t)
-            else:
-                y = self.model(t)
-            return y.float().cpu().numpy()
+                return y.float().cpu().numpy()
+        except torch.cuda.OutOfMemoryError as exc:
+            # free the failed batch's cached blocks before the engine retries smaller
+            torch.cuda.empty_cache()
+            raise BackendOutOfMemory(f"GPU out of memory at micro-batch {x.shape[0]} (torch {self.device})") from exc
 
     def _deactivate(self) -> None:
         self.model = None
