@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kidedge import metrics
 from kidedge.bench.scans import FULL_TARGETS, QUICK_TARGETS, BenchScan, make_bench_scans
 from kidedge.errors import KidedgeError
 
@@ -136,17 +137,10 @@ def _load_labels(path: Path) -> np.ndarray:
 
 
 def hierarchical_dice(pred: np.ndarray, ref: np.ndarray) -> dict:
-    """KiTS hierarchical Dice: kidney (labels 1-3), masses (2-3), tumour (2).
-
-    A region empty in both maps scores None (undefined), not 1.
-    """
-    from kidedge.metrics import dice
-
-    out = {}
-    for name, values in (("kidney", (1, 2, 3)), ("masses", (2, 3)), ("tumour", (2,))):
-        p, r = np.isin(pred, values), np.isin(ref, values)
-        out[name] = None if not (p.any() or r.any()) else round(float(dice(p, r)), 4)
-    return out
+    """KiTS hierarchical Dice (:func:`kidedge.metrics.hierarchical_dice`) to 4 digits; a
+    region empty in both maps scores None (undefined), not 1."""
+    return {k: None if v is None else round(float(v), 4)
+            for k, v in metrics.hierarchical_dice(pred, ref, empty=None).items()}
 
 
 def _median(values: list[float]) -> float | None:

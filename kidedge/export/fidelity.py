@@ -17,8 +17,6 @@ import numpy as np
 from kidedge.export.held_out import CTVolume
 from kidedge.export.stage_inputs import block_input, slice_inputs
 
-#: KiTS hierarchical regions: name -> label values.
-REGIONS = {"kidney": (1, 2, 3), "masses": (2, 3), "tumour": (2,)}
 #: Slices preprocessed and run together (bounded memory on 512x512 volumes).
 CHUNK = 16
 
@@ -62,10 +60,9 @@ def segment_volume(run: Callable[[np.ndarray], np.ndarray], volume: CTVolume, st
 
 def region_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """KiTS hierarchical Dice of ``pred`` against ``ref`` (both uint8 label maps)."""
-    from kidedge.metrics import dice
+    from kidedge.metrics import hierarchical_dice
 
-    return {f"{name}_dice": float(dice(np.isin(pred, values), np.isin(ref, values)))
-            for name, values in REGIONS.items()}
+    return {f"{name}_dice": float(d) for name, d in hierarchical_dice(pred, ref).items()}
 
 
 def fidelity_report(runners: dict[str, Callable[[np.ndarray], np.ndarray]], volumes: list[CTVolume],

@@ -11,6 +11,7 @@ import numpy as np
 
 from kidedge.export.held_out import CTVolume
 from kidedge.preprocess import PreprocessSpec, context_indices, preprocess_slices
+from kidedge.regions import ROI_LABELS, bounding_box, grow_box, margin_voxels, region_mask
 
 #: Per-slice categories for calibration sampling.
 BACKGROUND, KIDNEY, MASS = 0, 1, 2
@@ -27,16 +28,11 @@ def roi_box(volume: CTVolume, stage: dict) -> tuple[slice, slice]:
     roi = stage.get("roi")
     if not roi or volume.labels is None:
         return full
-    mask = np.isin(volume.labels, roi.get("labels", [1, 2, 3])).any(axis=0)
-    if not mask.any():
+    mask = region_mask(volume.labels, roi.get("labels", ROI_LABELS)).any(axis=0)
+    box = bounding_box(mask)
+    if box is None:
         return full
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    margin = float(roi.get("margin_mm", 0.0))
-    mr = int(np.ceil(margin / volume.pixel_spacing[0]))
-    mc = int(np.ceil(margin / volume.pixel_spacing[1]))
-    h, w = volume.array.shape[1:]
-    return (slice(max(0, rows[0] - mr), min(h, rows[-1] + 1 + mr)),
-            slice(max(0, cols[0] - mc), min(w, cols[-1] + 1 + mc)))
+    return grow_box(box, mask.shape, margin_voxels(volume.pixel_spacing, float(roi.get("margin_mm", 0.0))))
 
 
 def slice_inputs(volume: CTVolume, stage: dict, indices) -> np.ndarray:

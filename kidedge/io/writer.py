@@ -125,6 +125,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_texts_atomic(files: dict[str | os.PathLike, str]) -> None:
+    """Several text files, all or none: nothing is renamed into place until every one of
+    them is fully written (e.g. a report's JSON and its CSV)."""
+    with contextlib.ExitStack() as stack:
+        for path, text in files.items():
+            stack.enter_context(atomic_target(path)).write_bytes(text.encode("utf-8"))
+
+
 def write_json_atomic(path: str | os.PathLike, data: object, default=None) -> Path:
     """Write ``data`` as indented JSON (and a final newline) to ``path`` atomically.
 

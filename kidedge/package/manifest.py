@@ -43,6 +43,7 @@ from types import MappingProxyType
 from kidedge.errors import KidedgeError
 from kidedge.package.plan_key import PlanKey
 from kidedge.preprocess import PreprocessSpec
+from kidedge.regions import ROI_LABELS
 
 FORMAT = "kidedge.package"
 FORMAT_VERSION = 1
@@ -55,7 +56,7 @@ ACTIVATIONS = ("softmax", "sigmoid")
 REQUIRED_KEYS = ("format", "format_version", "name", "architecture", "dimensionality", "classes", "stages")
 STAGE_KEYS = ("name", "role", "preprocess", "input", "output", "files")
 #: The runtime's defaults for a cascade ROI that leaves them out (kidney, tumour, cyst; 10 mm).
-DEFAULT_ROI_LABELS = (1, 2, 3)
+DEFAULT_ROI_LABELS = ROI_LABELS
 DEFAULT_ROI_MARGIN_MM = 10.0
 #: The reference logits' tolerance when a manifest does not state one.
 DEFAULT_REFERENCE_TOLERANCE = 1e-3

@@ -4,7 +4,8 @@ Stage 1 (the package's ``localise`` stage) sees every slice, but at low resoluti
 preprocessing resamples slices to e.g. 64x64). :class:`CascadeGate` collects, slice by
 slice, where stage 1 found any of the ROI labels, maps that back to scan pixels, and turns
 it into one box (slices x rows x columns) grown by the stage's ``margin_mm`` in each
-direction using the scan's spacing. Before boxing, stray detections are dropped: only the
+direction using the scan's spacing (the ROI rule of :mod:`kidedge.regions`, which training
+applies to the truth). Before boxing, stray detections are dropped: only the
 largest connected regions of stage 1's low-resolution mask count (two kidneys), so a
 false-positive speck far from the kidneys cannot stretch the box over the whole scan. Stage 2 then runs at full resolution on that box only;
 everything outside is background. The gate counts the slices and pixels stage 2 skipped.
@@ -19,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from kidedge.package import Stage
+from kidedge.regions import Box, bounding_box, grow_box, margin_voxels
 
 #: Stage-1 regions kept for the box: the largest ones (two kidneys) ...
 KEEP_REGIONS = 2
@@ -48,6 +50,10 @@ class RegionOfInterest:
     def as_slices(self) -> tuple[slice, slice, slice]:
         return (slice(self.slice_start, self.slice_stop), slice(self.row_start, self.row_stop),
                 slice(self.col_start, self.col_stop))
+
+    @classmethod
+    def from_slices(cls, box: Box) -> RegionOfInterest:
+        return cls(*(int(v) for s in box for v in (s.start, s.stop)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,11 +118,10 @@ class CascadeGate:
     def _box_of(self, hit: np.ndarray) -> tuple[int, int, int, int]:
         h, w = hit.shape
         rows_full, cols_full = self.shape[1], self.shape[2]
-        r = np.flatnonzero(hit.any(axis=1))
-        c = np.flatnonzero(hit.any(axis=0))
+        r, c = bounding_box(hit)
         # Low-res pixel j covers full-res [j*R/h, (j+1)*R/h): take the outer pixels.
-        return (math.floor(r[0] * rows_full / h), math.ceil((r[-1] + 1) * rows_full / h),
-                math.floor(c[0] * cols_full / w), math.ceil((c[-1] + 1) * cols_full / w))
+        return (math.floor(r.start * rows_full / h), math.ceil(r.stop * rows_full / h),
+                math.floor(c.start * cols_full / w), math.ceil(c.stop * cols_full / w))
 
     def _kept_boxes(self) -> np.ndarray:
         """Per-slice boxes of the largest stage-1 regions only (-1 where none)."""
@@ -156,15 +161,13 @@ class CascadeGate:
         found = np.flatnonzero(boxes[:, 0] >= 0)
         if found.size == 0:
             return None
-        n, rows, cols = self.shape
-        ms, mr, mc = (math.ceil(self.margin_mm / s) if s > 0 else 0 for s in self.spacing)
         b = boxes[found]
-        s0, s1 = max(0, found[0] - ms), min(n, found[-1] + 1 + ms)
+        found_box = (slice(int(found[0]), int(found[-1]) + 1), slice(int(b[:, 0].min()), int(b[:, 1].max())),
+                     slice(int(b[:, 2].min()), int(b[:, 3].max())))
+        z, r, c = grow_box(found_box, self.shape, margin_voxels(self.spacing, self.margin_mm))
         if not self.crop_in_plane:
-            return RegionOfInterest(int(s0), int(s1), 0, rows, 0, cols)
-        return RegionOfInterest(int(s0), int(s1),
-                                int(max(0, b[:, 0].min() - mr)), int(min(rows, b[:, 1].max() + mr)),
-                                int(max(0, b[:, 2].min() - mc)), int(min(cols, b[:, 3].max() + mc)))
+            r, c = slice(0, self.shape[1]), slice(0, self.shape[2])
+        return RegionOfInterest.from_slices((z, r, c))
 
     def _dropped(self) -> int:
         """Slices whose stage-1 hits were all stray (outside the kept regions)."""

@@ -1,40 +1,41 @@
-"""Regions of interest for the segment stage of a cascade.
+"""Regions of interest for the segment stage of a cascade, in training's box format.
 
-The runtime crops stage 2's input to the bounding box of the stage-1 kidney region grown
-by ``margin_mm``; training crops around the ground-truth region the same way (with a
-random jitter, so stage 2 learns to tolerate a stage-1 box that is a little off).
+The rule (the box of the ROI labels grown by ``margin_mm``, clipped to the volume) is
+:mod:`kidedge.regions`', the same the runtime's cascade gate applies to what stage 1 found;
+training crops around the ground-truth region that way (with a random jitter, so stage 2
+learns to tolerate a stage-1 box that is a little off). Training code passes boxes around
+as six integers, ``(z0, z1, r0, r1, c0, c1)`` with exclusive stops.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kidedge import regions
+
 Box = tuple[int, int, int, int, int, int]  # z0, z1, r0, r1, c0, c1 (stop exclusive)
+
+
+def _as_ints(box: regions.Box) -> Box:
+    return tuple(int(v) for s in box for v in (s.start, s.stop))
+
+
+def _as_slices(box: Box) -> regions.Box:
+    return tuple(slice(box[2 * a], box[2 * a + 1]) for a in range(3))
 
 
 def bounding_box(mask: np.ndarray) -> Box | None:
     """Bounding box of a boolean ``(slices, rows, cols)`` mask, or None if it is empty."""
-    if not mask.any():
-        return None
-    idx = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        idx += [int(hit[0]), int(hit[-1]) + 1]
-    return tuple(idx)
+    box = regions.bounding_box(mask)
+    return None if box is None else _as_ints(box)
 
 
 def grow_box(box: Box, spacing, margin_mm, shape) -> Box:
     """Grow ``box`` by ``margin_mm`` (a number, or one per axis) and clip to ``shape``."""
-    m = np.broadcast_to(np.asarray(margin_mm, dtype=float), (3,))
-    out = []
-    for axis in range(3):
-        pad = int(np.ceil(m[axis] / float(spacing[axis])))
-        out += [max(0, box[2 * axis] - pad), min(int(shape[axis]), box[2 * axis + 1] + pad)]
-    return tuple(out)
+    return _as_ints(regions.grow_box(_as_slices(box), shape, regions.margin_voxels(spacing, margin_mm)))
 
 
 def label_box(labels: np.ndarray, roi_labels, spacing, margin_mm) -> Box | None:
     """The ROI of a label volume: box of the ``roi_labels`` voxels grown by ``margin_mm``."""
-    box = bounding_box(np.isin(labels, np.asarray(roi_labels)))
-    return None if box is None else grow_box(box, spacing, margin_mm, labels.shape)
+    box = regions.roi_box(np.asarray(labels), roi_labels, spacing, margin_mm)
+    return None if box is None else _as_ints(box)
