@@ -4,28 +4,17 @@
 Never imports torch or onnx, so the lean runtime (and a Jetson with only the base
 install) can use it. Modules:
 
-    manifest       the typed manifest: :class:`Manifest`, :class:`Stage`,
-                   :class:`StageInput`, :class:`StageOutput`, :class:`Roi`,
-                   :class:`FileEntry` (frozen, validated once by ``from_dict``)
+    manifest       the typed manifest, :class:`Manifest` (frozen, validated once by
+                   ``from_dict``), and the JSON layout
+    stage          its parts: :class:`Stage`, :class:`StageInput`, :class:`StageOutput`,
+                   :class:`Roi`, :class:`FileEntry`
     plan_key       :class:`PlanKey`, :func:`tensorrt_key`: TensorRT plan keys, formatted
                    and parsed in one place
     model_package  :class:`ModelPackage` (load a directory or zip, hash-checked files),
                    :func:`write_manifest`, :func:`default_package_path`, :func:`sha256_file`
 """
 
-from kidedge.package.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    PRECISIONS,
-    ROLES,
-    FileEntry,
-    Manifest,
-    Roi,
-    Stage,
-    StageInput,
-    StageOutput,
-)
+from kidedge.package.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, Manifest
 from kidedge.package.model_package import (
     ModelPackage,
     default_package_path,
@@ -34,6 +23,7 @@ from kidedge.package.model_package import (
     write_manifest,
 )
 from kidedge.package.plan_key import PlanKey, slugify, tensorrt_key
+from kidedge.package.stage import PRECISIONS, ROLES, FileEntry, Roi, Stage, StageInput, StageOutput
 
 __all__ = [
     "FORMAT",

@@ -19,16 +19,8 @@ from pathlib import Path
 
 from kidedge.errors import KidedgeError
 from kidedge.io.writer import atomic_directory, write_json_atomic
-from kidedge.package.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    PRECISIONS,
-    FileEntry,
-    Manifest,
-    Stage,
-    safe_relative,
-)
+from kidedge.package.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, Manifest
+from kidedge.package.stage import PRECISIONS, FileEntry, Stage, safe_relative
 from kidedge.preprocess import PreprocessSpec
 
 
