@@ -161,12 +161,14 @@ def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt
 @click.option("--profile", type=click.Path(dir_okay=False), help="Write the run's profile as JSON.")
 @click.option("--overlay", type=click.Path(dir_okay=False), help="Write a PNG of axial slices with labels drawn over the CT.")
 @click.option("--no-gate", is_flag=True, help="Run stage 2 on every slice (disable cascade gating).")
+@click.option("--dla-core", type=click.IntRange(0, 7), default=None,
+              help="Jetson: run TensorRT plans built for this DLA core (a stage without one runs its GPU plan).")
 @_one_line_errors
-def infer(scans, output, model, backend, precision, batch, profile, overlay, no_gate):
+def infer(scans, output, model, backend, precision, batch, profile, overlay, no_gate, dla_core):
     """Segment kidneys, tumours and cysts in CT scans (NIfTI or DICOM folders)."""
     fn = _library_call("kidedge.runtime.command", "infer_command", "issue 6")
     return fn(list(scans), output=output, model=model, backend=backend, precision=precision,
-              batch=batch, profile=profile, overlay=overlay, gate=not no_gate)
+              batch=batch, profile=profile, overlay=overlay, gate=not no_gate, dla_core=dla_core)
 
 
 @main.command()

@@ -68,7 +68,7 @@ def _machine() -> dict:
 
 def _run_jobs(jobs: list[ScanJob], segmenter: Segmenter, gate: bool) -> tuple[list[dict], list[dict]]:
     """Every job in turn with a progress bar; a failed scan is one line and the run goes
-    on (with a single scan its error is the command's)."""
+    on (with a single scan its error is the command's, raised once the profile is written)."""
     from tqdm import tqdm
 
     reports, failures = [], []
@@ -84,16 +84,17 @@ def _run_jobs(jobs: list[ScanJob], segmenter: Segmenter, gate: bool) -> tuple[li
         else:
             reports.append(rep)
             tqdm.write(f"{job.output}\n{format_summary(rep)}", file=sys.stdout)
+            for warning in rep.get("warnings", []):
+                tqdm.write(f"kidedge: warning: {job.scan}: {warning}", file=sys.stderr)
             continue
-        if len(jobs) == 1:
-            raise KidedgeError(msg) from None
         failures.append({"scan": str(job.scan), "error": msg})
-        tqdm.write(f"kidedge: error: {msg}", file=sys.stderr)
+        if len(jobs) > 1:
+            tqdm.write(f"kidedge: error: {msg}", file=sys.stderr)
     return reports, failures
 
 
 def infer_command(scans, output=None, model=None, backend="auto", precision="auto", batch=None,
-                  profile=None, overlay=None, gate=True) -> int:
+                  profile=None, overlay=None, gate=True, dla_core=None) -> int:
     """Run ``kidedge infer``; returns the exit code (0 all written, 2 some scans failed).
 
     Args:
@@ -107,13 +108,15 @@ def infer_command(scans, output=None, model=None, backend="auto", precision="aut
         overlay: write a PNG of axial slices with the labels (one per scan; with several
             scans the scan's name is added to the file name).
         gate: cascade gating (stage 2 only inside stage 1's kidney region).
+        dla_core: run TensorRT plans built for this Jetson DLA core (a stage without one
+            runs its GPU plan; the choice's reason says so on stderr).
 
     Raises:
         KidedgeError: a problem that stops the whole run (model, backend, output); with a
             single scan, also a bad scan.
     """
     package = ModelPackage.load(model)
-    choice = select_backend(package, backend, precision)
+    choice = select_backend(package, backend, precision, dla_core=dla_core)
     segmenter = Segmenter(package, choice, batch=batch, threads=default_threads())
     jobs = plan_outputs(expand_inputs(scans), output, overlay=overlay, profile=profile)
     click.echo(f"kidedge: {package.name} on {choice.describe()} [{choice.reason}]", err=True)
@@ -124,10 +127,13 @@ def infer_command(scans, output=None, model=None, backend="auto", precision="aut
             "kidedge_profile": 1, "package": package.name, "package_path": str(package.source),
             "backend": {"name": choice.backend, "device": choice.device, "precision": choice.precision,
                         "files": choice.files, "reason": choice.reason, "not_available": choice.skipped,
+                        "dla_core": choice.dla_core,
                         "engine": reports[0]["backend"] if reports else None},
             "batch": segmenter.batch, "gate": gate, "machine": _machine(),
             "scans": reports, "failed": failures,
         }, profile)
+    if failures and len(jobs) == 1:
+        raise KidedgeError(failures[0]["error"])
     if failures:
         click.echo(f"kidedge: {len(failures)} of {len(jobs)} scans failed; the others were written", err=True)
         return 2

@@ -75,3 +75,22 @@ def test_dla_core_with_a_backend_that_cannot_use_it_is_refused(jetson_package):
     with pytest.raises(KidedgeError, match="--dla-core runs TensorRT plans on a Jetson's DLA; it does not apply "
                                            "to --backend onnxruntime"):
         select_backend(jetson_package, "onnxruntime", dla_core=0)
+
+
+def test_infer_dla_core_option_reaches_the_backend_choice(tmp_path):
+    from click.testing import CliRunner
+
+    from kidedge.cli import main
+
+    from ..synthetic import kits_affine, make_ct, make_single_package, write_nifti
+
+    hu, _ = make_ct(shape=(8, 16, 16), kidney_slices=(2, 6))
+    scan = write_nifti(tmp_path / "ct.nii.gz", hu, kits_affine())
+    pkg = make_single_package(tmp_path / "pkg")
+    r = CliRunner().invoke(main, ["infer", str(scan), "-o", str(tmp_path / "o"), "--model", str(pkg),
+                                  "--backend", "onnxruntime", "--dla-core", "0"])
+    assert r.exit_code == 2 and "--dla-core runs TensorRT plans on a Jetson's DLA" in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(main, ["infer", str(scan), "-o", str(tmp_path / "o2"), "--model", str(pkg), "--dla-core", "0"])
+    assert r.exit_code == 0, r.output  # auto: no TensorRT here, onnxruntime runs and says the DLA went unused
+    assert "--dla-core 0 unused" in r.stderr
