@@ -70,15 +70,23 @@ class CascadeGate:
         margin_mm: how far to grow the box beyond the detections, in mm.
         crop_in_plane: False when stage 2 needs whole slices (a fixed-size native input):
             then only slices are gated.
+        slice_step: stage 1 ran on every ``slice_step``-th slice only. Sampled slices
+            next to each other count as neighbours for the 3D regions, and the region's
+            slice range grows by ``slice_step - 1`` more slices each way (the kidney may
+            end anywhere before the next sampled slice without it); in plane, the box of
+            the sampled slices stands for the slices between them (the margin covers the
+            few mm a kidney's outline moves over one step).
     """
 
     def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                 roi_labels: list[int], margin_mm: float, crop_in_plane: bool = True) -> None:
+                 roi_labels: list[int], margin_mm: float, crop_in_plane: bool = True,
+                 slice_step: int = 1) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
         self.roi_labels = np.asarray(sorted(set(int(v) for v in roi_labels)), np.uint8)
         self.margin_mm = float(margin_mm)
         self.crop_in_plane = crop_in_plane
+        self.slice_step = max(1, int(slice_step))
         # Per slice: [row_min, row_max_exclusive, col_min, col_max_exclusive], -1 if none.
         self.boxes = np.full((self.shape[0], 4), -1, np.int64)
         self.seen = np.zeros(self.shape[0], bool)
@@ -88,14 +96,16 @@ class CascadeGate:
         self._region_ready = False
 
     @classmethod
-    def for_stage(cls, stage: Stage, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> CascadeGate:
+    def for_stage(cls, stage: Stage, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                  slice_step: int = 1) -> CascadeGate:
         """The gate of a cascade's segment ``stage`` on a scan: the stage's ROI rule; only
         slices are gated when the stage takes whole slices of one fixed native size."""
         fixed_native = stage.preprocess.in_plane == "native" and stage.input.height is not None
-        return cls(shape, spacing, stage.roi.labels, stage.roi.margin_mm, crop_in_plane=not fixed_native)
+        return cls(shape, spacing, stage.roi.labels, stage.roi.margin_mm, crop_in_plane=not fixed_native,
+                   slice_step=slice_step)
 
     def add(self, start: int, labels_lowres: np.ndarray) -> None:
-        """Record stage 1's labels for slices ``start : start + n``.
+        """Record stage 1's labels for slices ``start, start + slice_step, ...`` (n of them).
 
         Args:
             start: canonical index of the first slice.
@@ -106,7 +116,7 @@ class CascadeGate:
         hit = np.isin(labels_lowres, self.roi_labels)
         self._region_ready = False
         for i in range(n):
-            k = start + i
+            k = start + i * self.slice_step
             self.seen[k] = True
             if hit[i].any():
                 self.hits[k] = hit[i]
@@ -129,8 +139,10 @@ class CascadeGate:
         shapes = {self.hits[k].shape for k in ks}
         if len(shapes) != 1:  # stage 1 grids differ between slices: no 3D regions to compare
             return self.boxes
-        # Slices without hits between hit slices break 3D connectivity, as they should.
-        index = {k: i for i, k in enumerate(range(ks[0], ks[-1] + 1))}
+        # Seen slices without hits between hit slices break 3D connectivity, as they should;
+        # slices stage 1 did not see (between sampled ones) are not there at all.
+        seen = np.flatnonzero(self.seen[ks[0]:ks[-1] + 1]) + ks[0]
+        index = {int(k): i for i, k in enumerate(seen)}
         stack = np.zeros((len(index), *shapes.pop()), bool)
         for k in ks:
             stack[index[k]] = self.hits[k]
@@ -162,6 +174,8 @@ class CascadeGate:
         if found.size == 0:
             return None
         b = boxes[found]
+        # the kidney may reach up to the next (unseen) sampled slice on either side
+        found = np.array([max(0, found[0] - self.slice_step + 1), min(self.shape[0] - 1, found[-1] + self.slice_step - 1)])
         found_box = (slice(int(found[0]), int(found[-1]) + 1), slice(int(b[:, 0].min()), int(b[:, 1].max())),
                      slice(int(b[:, 2].min()), int(b[:, 3].max())))
         z, r, c = grow_box(found_box, self.shape, margin_voxels(self.spacing, self.margin_mm))

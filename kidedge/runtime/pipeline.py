@@ -9,7 +9,8 @@ One stage of a package runs over a scan as three workers joined by bounded queue
 The queues hold at most ``queue_depth`` slabs (input) and ``queue_depth`` micro-batches
 (logits), so memory stays bounded by a few slabs whatever the scan's length, and
 decompression / preprocessing (numpy and zlib release the GIL) run while the engine
-computes. The float32 network input and logits exist only for what is in flight; the
+computes. A cascade's region is cut out while reading (only the crop is copied), and a
+localiser can run on every k-th slice only (``slice_step``). The float32 network input and logits exist only for what is in flight; the
 labeller turns logits into uint8 labels micro-batch by micro-batch
 (:func:`kidedge.runtime.labels.logits_to_labels`) and hands them to ``sink``.
 """
@@ -35,10 +36,12 @@ from kidedge.shape_buckets import bucket_for, describe
 _DONE = object()
 
 
-def iter_slabs(scan, slab_size: int, context: int, start: int = 0, stop: int | None = None
+def iter_slabs(scan, slab_size: int, context: int, start: int = 0, stop: int | None = None,
+               rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
                ) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(start, stop, slices)`` of canonical slices ``start:stop`` in slabs, each with
-    ``context`` neighbour slices on each side (edge-replicated at the volume's ends).
+    ``context`` neighbour slices on each side (edge-replicated at the volume's ends),
+    cut to ``rows`` x ``cols`` when given.
 
     Uses :class:`kidedge.io.SlabReader`, which streams the file and never holds the
     whole volume (for slice-slowest layouts). Slabs are trimmed to ``[start, stop)``.
@@ -49,7 +52,8 @@ def iter_slabs(scan, slab_size: int, context: int, start: int = 0, stop: int | N
     stop = n if stop is None else min(stop, n)
     if start >= stop:
         return
-    for slab in SlabReader(scan, slab_size=slab_size, context=context, start=start, stop=stop):
+    for slab in SlabReader(scan, slab_size=slab_size, context=context, start=start, stop=stop,
+                           rows=rows, cols=cols):
         a, b = slab.start, slab.stop
         if b <= start:
             continue
@@ -60,6 +64,36 @@ def iter_slabs(scan, slab_size: int, context: int, start: int = 0, stop: int | N
         if (lo, hi) != (a, b):
             arr = arr[lo - a: hi - a + 2 * context]
         yield lo, hi, arr
+
+
+def iter_sampled(scan, start: int, stop: int, step: int, context: int, group: int,
+                 rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
+                 ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Every ``step``-th canonical slice of ``start:stop``, ``group`` at a time, as
+    ``(first, stop, slices)``: the slices ``first, first + step, ...`` below ``stop``, each
+    as its ``2 * context + 1`` consecutive slices (edge-replicated at the volume's ends),
+    so ``slices`` is ``(m * (2 * context + 1), h, w)``.
+
+    A scan read whole (KiTS19 files) gives just those slices (:func:`kidedge.io.slabs.
+    gather_slices`); a streamed one is read in slabs and the chosen slices kept.
+    """
+    from kidedge.io import SlabReader
+    from kidedge.io.slabs import gather_slices
+
+    n = scan.shape[0]
+    offsets = np.arange(-context, context + 1)
+    reader = SlabReader(scan, slab_size=group * step, context=context, start=start, stop=stop,
+                        rows=rows, cols=cols)
+    if reader.strategy == "whole":
+        ks_all = np.arange(start, min(stop, n), step)
+        for i in range(0, ks_all.size, group):
+            ks = ks_all[i:i + group]
+            yield int(ks[0]), int(ks[-1]) + 1, gather_slices(scan, np.clip(ks[:, None] + offsets, 0, n - 1).ravel(),
+                                                             rows, cols)
+        return
+    for slab in reader:  # slabs start at start + j * group * step: their first slice is sampled
+        local = np.arange(0, slab.stop - slab.start, step)
+        yield slab.start, slab.start + int(local[-1]) + 1, slab.array[(local[:, None] + context + offsets).ravel()]
 
 
 class _Worker(threading.Thread):
@@ -102,6 +136,7 @@ def run_stage(
     queue_depth: int = 2,
     label_grid: str = "scan",
     name: str = "stage",
+    slice_step: int = 1,
 ) -> int:
     """Run one package stage over a scan (or over ``region`` of it), streaming.
 
@@ -110,7 +145,8 @@ def run_stage(
         backend: an activated backend for this stage.
         stage: the package's :class:`kidedge.package.Stage` (preprocessing, input, output).
         sink: called as ``sink(start, stop, labels)`` per micro-batch, in slice order, with
-            uint8 labels ``(stop - start, h, w)`` on the grid chosen by ``label_grid``.
+            uint8 labels of slices ``start, start + slice_step, ...`` below ``stop``
+            (``(stop - start, h, w)`` for every slice) on the grid chosen by ``label_grid``.
         profiler: where stage times and batch latencies go.
         region: only these slices / rows / columns (cascade stage 2); None: everything.
         batch: micro-batch size (slices per ``infer`` call).
@@ -120,6 +156,8 @@ def run_stage(
         label_grid: ``"scan"``: labels at the region's full resolution; ``"model"``: on
             the stage's own (unpadded) output grid, e.g. 64x64 for a localiser.
         name: prefix of this stage's entries in the profile.
+        slice_step: run on every ``slice_step``-th slice of the region only (a cascade's
+            localiser), starting at its first slice.
 
     Returns:
         Number of slices run.
@@ -144,20 +182,28 @@ def run_stage(
     q_out: queue.Queue = queue.Queue(maxsize=queue_depth)
     finite_check = np.issubdtype(scan.dtype, np.floating)
 
+    crop = {} if full_crop else {"rows": (roi.row_start, roi.row_stop), "cols": (roi.col_start, roi.col_stop)}
+    # sampled slices come as groups of 2 * context + 1: each group is preprocessed as
+    # single slices, then stacked into one input (what preprocess_slices' context does)
+    per_slice = spec.replace(context=0) if slice_step > 1 else spec
+
     def read_and_preprocess() -> None:
-        it = iter_slabs(scan, slab_size, spec.context, roi.slice_start, roi.slice_stop)
+        if slice_step > 1:
+            it = iter_sampled(scan, roi.slice_start, roi.slice_stop, slice_step, spec.context, slab_size, **crop)
+        else:
+            it = iter_slabs(scan, slab_size, spec.context, roi.slice_start, roi.slice_stop, **crop)
         while not abort.is_set():
             with profiler.stage(f"{name}.read"):
                 item = next(it, None)
             if item is None:
                 break
             a, b, raw = item
-            if not full_crop:
-                raw = raw[:, roi.row_start:roi.row_stop, roi.col_start:roi.col_stop]
             if finite_check and not np.all(np.isfinite(raw)):
                 raise KidedgeError(f"{scan.source}: slices {a}-{b - 1} contain NaN or infinite values")
             with profiler.stage(f"{name}.preprocess"):
-                x = preprocess_slices(raw, spec, pixel_spacing, scan.slope, scan.intercept, pad_to=pad_to)
+                x = preprocess_slices(raw, per_slice, pixel_spacing, scan.slope, scan.intercept, pad_to=pad_to)
+                if slice_step > 1 and spec.context:
+                    x = x.reshape(-1, spec.channels, *x.shape[2:])
             if not _put(q_in, (a, b, x), abort):
                 return
         _put(q_in, _DONE, abort)
@@ -204,14 +250,15 @@ def run_stage(
                 profiler.add_time(f"{name}.infer", dt)
                 # Logits travel per micro-batch, so at most queue_depth + 2 micro-batches
                 # of logits exist at any time, whatever the slab size.
-                if not _put(q_out, (a + i, a + i + xb.shape[0], logits), abort):
+                first = a + i * slice_step
+                if not _put(q_out, (first, first + (xb.shape[0] - 1) * slice_step + 1, logits), abort):
                     stopped = True
                     break
                 del logits
+            done += x.shape[0]
             del x
             if stopped:
                 break
-            done += b - a
         _put(q_out, _DONE, abort)
         labeller.join()
     finally:

@@ -69,3 +69,30 @@ def test_a_single_region_is_kept_whole():
     roi = gate.region()
     assert (roi.slice_start, roi.slice_stop, roi.row_start, roi.row_stop) == (3, 6, 4, 8)
     assert gate.stats()["stage1_regions_dropped"] == 0
+
+
+def test_sampled_slices_connect_and_the_range_grows_by_one_step():
+    # stage 1 saw every 4th slice: kidneys on sampled slices 32..48 and a speck on 4;
+    # consecutive sampled slices are neighbours, so each kidney stays one region
+    step = 4
+    gate = CascadeGate((80, 128, 128), (2.5, 0.8, 0.8), [1, 2, 3], margin_mm=5.0, slice_step=step)
+    low = np.zeros((80, 32, 32), np.uint8)
+    low[30:50, 12:18, 6:10] = 1
+    low[32:48, 12:18, 22:26] = 1
+    low[4, 30, 30] = 1
+    gate.add(0, low[0:40:step])
+    gate.add(40, low[40:80:step])
+    roi = gate.region()
+    # hits on 32..48; the kidney may run up to 3 slices further each way, then 2 slices margin
+    assert (roi.slice_start, roi.slice_stop) == (32 - 3 - 2, 48 + 1 + 3 + 2)
+    assert (roi.row_start, roi.row_stop) == (48 - 7, 72 + 7)
+    assert gate.stats()["stage1_regions_dropped"] == 1
+    # every slice of the kidneys lies inside the region
+    assert roi.slice_start <= 30 and roi.slice_stop >= 50
+
+
+def test_localiser_step_in_slices():
+    from kidedge.runtime.engine import localiser_step
+
+    assert [localiser_step(mm, 4.0) for mm in (0.5, 0.8, 1.0, 2.0, 2.5, 3.0, 5.0)] == [8, 5, 4, 2, 1, 1, 1]
+    assert localiser_step(0.5, 0.0) == 1  # 0: every slice

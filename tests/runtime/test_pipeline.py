@@ -29,6 +29,7 @@ class Threshold(Backend):
         self.calls = 0
         self.fail_at = fail_at
         self.shapes = []
+        self.inputs = []
 
     def _activate(self):
         pass
@@ -36,9 +37,11 @@ class Threshold(Backend):
     def _infer(self, x):
         self.calls += 1
         self.shapes.append(x.shape)
+        self.inputs.append(x.copy())
         if self.fail_at is not None and self.calls == self.fail_at:
             raise RuntimeError("engine failure")
-        return np.concatenate([np.full_like(x, 0.5), x], axis=1)
+        mid = x[:, x.shape[1] // 2:x.shape[1] // 2 + 1]  # the slice itself (2.5D: the middle channel)
+        return np.concatenate([np.full_like(mid, 0.5), mid], axis=1)
 
 
 @pytest.fixture
@@ -114,3 +117,29 @@ def test_iter_slabs_range_and_context(scan):
     np.testing.assert_array_equal(slabs[0][2], hu[2:8])
     np.testing.assert_array_equal(slabs[1][2], hu[6:11])
     assert list(iter_slabs(s, 4, 0, 5, 5)) == []
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_run_stage_on_every_kth_slice(scan, context):
+    s, hu = scan
+    stage = dataclasses.replace(STAGE, preprocess=STAGE.preprocess.replace(context=context),
+                                input=StageInput("image", 2 * context + 1))
+    seen = []
+
+    def sink(a, z, lab):
+        ks = list(range(a, z, 3))
+        assert len(ks) == lab.shape[0]
+        seen.extend(ks)
+        for k, plane in zip(ks, lab, strict=True):
+            np.testing.assert_array_equal(plane, ((hu[k] + 100) / 500 > 0.5).astype(np.uint8))
+
+    with Threshold() as b, Profiler(gpu=False, power=False) as prof:
+        assert run_stage(s, b, stage, sink, prof, region=RegionOfInterest(2, 21, 0, 16, 0, 24),
+                         batch=2, slab_size=4, slice_step=3) == 7
+    assert seen == list(range(2, 21, 3))
+    assert all(sh[1] == 2 * context + 1 for sh in b.shapes)
+    if context:  # the neighbour channels are the slices above and below (clipped at the end)
+        x = np.concatenate(b.inputs)
+        for i, k in enumerate(range(2, 21, 3)):
+            for j, kk in enumerate((k - 1, k, min(k + 1, 20))):
+                np.testing.assert_allclose(x[i, j], (hu[kk] + 100) / 500, atol=1e-6)
