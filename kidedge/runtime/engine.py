@@ -28,7 +28,7 @@ import numpy as np
 from kidedge.errors import KidedgeError
 from kidedge.package import ModelPackage
 from kidedge.postprocess import class_volumes_ml, postprocess_labels
-from kidedge.runtime.backends.base import BackendUnavailable
+from kidedge.runtime.backends.base import BackendOutOfMemory, BackendUnavailable
 from kidedge.runtime.backends.registry import BackendChoice, create_backend, select_backend
 from kidedge.runtime.blas_threads import SingleThreadedBlas
 from kidedge.runtime.gating import CascadeGate
@@ -81,7 +81,8 @@ class Segmentation:
         gating: how much work cascade gating skipped (``{"enabled": False, ...}`` without).
         profile: the call's profile (:meth:`kidedge.runtime.profiling.Profiler.result`);
             None when the caller passed its own running profiler (it holds the profile).
-        warnings: one-line notes about the result for the user (none yet).
+        warnings: one-line notes about the result for the user (e.g. the scan was rerun
+            at a smaller micro-batch after the GPU ran out of memory).
     """
 
     labels: SparseLabels
@@ -170,19 +171,37 @@ class Segmenter:
         """
         own = profiler is None
         profiler = Profiler() if own else profiler
+        warnings: list[str] = []
         with profiler if own else contextlib.nullcontext():
-            labels, gating = self._run_stages(scan, profiler, gate)
+            labels, gating = self._run_stages_fitting_memory(scan, profiler, gate, warnings)
             with profiler.stage("postprocess"):
                 volumes = _postprocess(labels, scan) if postprocess else _volumes(labels, scan)
-        return Segmentation(labels, volumes, gating, profiler.result(scan.shape[0]) if own else None)
+        return Segmentation(labels, volumes, gating, profiler.result(scan.shape[0]) if own else None, warnings)
 
-    def _run_stages(self, scan, profiler: Profiler, gate: bool) -> tuple[SparseLabels, dict]:
+    def _run_stages_fitting_memory(self, scan, profiler: Profiler, gate: bool,
+                                   warnings: list[str]) -> tuple[SparseLabels, dict]:
+        """:meth:`_run_stages`, retried from the start at half the micro-batch each time the
+        device runs out of memory (:class:`BackendOutOfMemory`), down to 1; then a one-line
+        error for this scan (the engines stay loaded for the next one)."""
+        batch = self.batch
+        while True:
+            try:
+                return self._run_stages(scan, profiler, gate, batch)
+            except BackendOutOfMemory as exc:
+                if batch <= 1:
+                    raise KidedgeError(f"{scan.source}: out of GPU memory even one slice at a time ({exc}); "
+                                       "use a smaller model or --backend onnxruntime") from None
+                warnings.append(f"out of GPU memory at micro-batch {batch}: scan rerun at {max(1, batch // 2)}")
+                profiler.count("oom_retries", 1)
+                batch = max(1, batch // 2)
+
+    def _run_stages(self, scan, profiler: Profiler, gate: bool, batch: int) -> tuple[SparseLabels, dict]:
         """The canonical labels before post-processing, and the gating statistics."""
         n, rows, cols = scan.shape
         labels = SparseLabels((n, rows, cols))
         seg = self.segmenter
         seg_backend = self.backends[seg.name]
-        common = dict(batch=self.batch, slab_size=self.slab_size)
+        common = dict(batch=batch, slab_size=self.slab_size)
         if self.localiser is None or not gate:
             run_stage(scan, seg_backend, seg, lambda a, b, lab: labels.write(a, lab), profiler, name="segment", **common)
             profiler.count("segment_slices", n)
