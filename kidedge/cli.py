@@ -163,12 +163,29 @@ def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt
 @click.option("--no-gate", is_flag=True, help="Run stage 2 on every slice (disable cascade gating).")
 @click.option("--dla-core", type=click.IntRange(0, 7), default=None,
               help="Jetson: run TensorRT plans built for this DLA core (a stage without one runs its GPU plan).")
+@click.option("--format", "fmt", type=click.Choice(["nifti", "dicom-seg"]), default="nifti", show_default=True,
+              help="Label map format: NIfTI, or a DICOM SEG object referencing the source series (DICOM inputs only).")
 @_one_line_errors
-def infer(scans, output, model, backend, precision, batch, profile, overlay, no_gate, dla_core):
+def infer(scans, output, model, backend, precision, batch, profile, overlay, no_gate, fmt, dla_core):
     """Segment kidneys, tumours and cysts in CT scans (NIfTI or DICOM folders)."""
     fn = _library_call("kidedge.runtime.command", "infer_command", "issue 6")
     return fn(list(scans), output=output, model=model, backend=backend, precision=precision,
-              batch=batch, profile=profile, overlay=overlay, gate=not no_gate, dla_core=dla_core)
+              batch=batch, profile=profile, overlay=overlay, gate=not no_gate, fmt=fmt, dla_core=dla_core)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder (default ./kidedge_batch); results mirror INPUT's folders, batch_summary.csv lists every scan.")
+@click.option("--ray-address", help="An existing Ray cluster (auto, host:6379, ray://host:10001); default: a private local Ray for this run.")
+@click.option("--workers", type=click.IntRange(1, 100000), help="Segmenting workers, one model load each (default: every CPU).")
+@click.option("--model", type=click.Path(), help="Model package (default: the one shipped with kidedge).")
+@click.option("--format", "fmt", type=click.Choice(["nifti", "dicom-seg"]), default="nifti", show_default=True,
+              help="Label map format (dicom-seg: DICOM series inputs only).")
+@_one_line_errors
+def batch(input_path, output, ray_address, workers, model, fmt):
+    """Segment every scan of a folder tree or list file on Ray (resumable; needs kidedge[cluster])."""
+    fn = _library_call("kidedge.batch.pipeline", "run_batch", "issue 15")
+    return fn(input_path, output, ray_address=ray_address, workers=workers, model=model, fmt=fmt)
 
 
 @main.command()

@@ -49,10 +49,13 @@ class SmoothField:
         self.r0, self.wr = _interp_index(rows, sy, grid_mm, dims[1])
         self.c0, self.wc = _interp_index(cols, sx, grid_mm, dims[2])
 
-    def slice(self, k: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """Field values (channels, h, w) float32 on slice ``k`` within the given bbox."""
+    def slice(self, k: int, rows: slice = slice(None), cols: slice = slice(None),
+              channels: slice = slice(None)) -> np.ndarray:
+        """Field values (channels, h, w) float32 on slice ``k`` within the given bbox
+        (only the ``channels`` asked for are computed)."""
         z0, wz = self.z0[k], self.wz[k]
-        plane = self.low[:, z0] * (1.0 - wz) + self.low[:, z0 + 1] * wz
+        low = self.low[channels]
+        plane = low[:, z0] * (1.0 - wz) + low[:, z0 + 1] * wz
         c0, wc = self.c0[cols], self.wc[cols]
         r0, wr = self.r0[rows], self.wr[rows]
         lo, hi = (int(r0.min()), int(r0.max()) + 2) if r0.size else (0, 0)

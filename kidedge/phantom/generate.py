@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from kidedge.errors import KidedgeError
 from kidedge.phantom import tissues as T
-from kidedge.phantom.body import BodyPlan, SlicePainter, plan_body, procedural_kidney_centres
+from kidedge.phantom.body import BodyPlan, plan_body, procedural_kidney_centres
 from kidedge.phantom.fields import ScannerNoise, SmoothField
 from kidedge.phantom.kidneys import (
     HALO_REPLACES,
@@ -28,6 +28,7 @@ from kidedge.phantom.kidneys import (
     find_kidney_sites,
     kidney_tissues,
 )
+from kidedge.phantom.painter import SlicePainter
 
 DEFAULT_SHAPE = (48, 128, 128)
 DEFAULT_SPACING = (5.0, 3.0, 3.0)

@@ -222,7 +222,8 @@ HALO_REPLACES = (T.LIVER, T.LIVER_VESSEL, T.SPLEEN, T.PANCREAS, T.BOWEL_WALL, T.
                  T.BOWEL_AIR, T.BOWEL_CONTRAST, T.FAECES, T.MUSCLE, T.GALLBLADDER, T.LUNG)
 
 
-def kidney_tissues(labels: np.ndarray, spacing, rng: np.random.Generator) -> list[dict]:
+def kidney_tissues(labels: np.ndarray, spacing, rng: np.random.Generator,
+                   sinus: bool = False) -> list[dict]:
     """Per-voxel tissue codes inside the labelled kidneys, tumours and cysts, and the
     perirenal fat around them.
 
@@ -237,6 +238,8 @@ def kidney_tissues(labels: np.ndarray, spacing, rng: np.random.Generator) -> lis
         labels: canonical uint8 label map (0 bg, 1 kidney, 2 tumour, 3 cyst).
         spacing: (slice_mm, row_mm, col_mm).
         rng: numpy Generator.
+        sinus: also fill the renal sinus (the hilum's concavity, outside the labels):
+            sinus fat, and the renal pelvis (urine) in its middle.
 
     Returns:
         a list (empty without labels) of {"box": tuple of slices (a group's bounding box
@@ -261,7 +264,7 @@ def kidney_tissues(labels: np.ndarray, spacing, rng: np.random.Generator) -> lis
     )
     parts = []
     for g in groups:
-        part = _kidney_part(labels, spacing, rng, slice(int(g[0]), int(g[-1]) + 1), **style)
+        part = _kidney_part(labels, spacing, rng, slice(int(g[0]), int(g[-1]) + 1), sinus=sinus, **style)
         if part is not None:
             parts.append(part)
     return parts
@@ -291,8 +294,27 @@ def _coarse_distances(inside: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarr
     return full(depth), full(outside)
 
 
+def _sinus(inside: np.ndarray, outside_mm: np.ndarray, spacing, radius_mm: float = 12.0):
+    """(sinus, pelvis) masks: the morphological closing of the labels minus the labels
+    (the hilum's concavity), and the part of it more than 3 mm from the parenchyma.
+    Computed on the ~1.6 mm grid of ``_coarse_distances``."""
+    f = [max(1, int(round(1.6 / sp))) for sp in spacing]
+    grown = outside_mm <= radius_mm
+    coarse = grown[f[0] // 2:: f[0], f[1] // 2:: f[1], f[2] // 2:: f[2]]
+    csp = [sp * k for sp, k in zip(spacing, f, strict=True)]
+    depth = ndimage.distance_transform_edt(np.pad(coarse, 1), sampling=csp)[1:-1, 1:-1, 1:-1]
+    for axis, k in enumerate(f):
+        if k > 1:
+            depth = np.repeat(depth, k, axis=axis)
+    pad = [(0, max(0, n - m)) for n, m in zip(inside.shape, depth.shape, strict=True)]
+    depth = np.pad(depth, pad, mode="edge")[: inside.shape[0], : inside.shape[1], : inside.shape[2]]
+    closed = depth > radius_mm
+    sinus = closed & ~inside
+    return sinus, sinus & (outside_mm > 3.0)
+
+
 def _kidney_part(labels, spacing, rng, col_range, halo_mm, cortex_mm, pyramid_mm,
-                 medulla_level, necrosis, necrosis_mm, necrosis_level):
+                 medulla_level, necrosis, necrosis_mm, necrosis_level, sinus=False):
     sub = labels[:, :, col_range]
     nz = np.flatnonzero(sub.max(axis=(1, 2)))
     if nz.size == 0:
@@ -300,7 +322,8 @@ def _kidney_part(labels, spacing, rng, col_range, halo_mm, cortex_mm, pyramid_mm
     rows_any = np.flatnonzero(sub[nz[0]: nz[-1] + 1].max(axis=(0, 2)))
     lo = [nz[0], rows_any[0], col_range.start]
     hi = [nz[-1] + 1, rows_any[-1] + 1, col_range.stop]
-    margin = [int(np.ceil(halo_mm * 2.0 / sp)) + 1 for sp in spacing]
+    grow_mm = max(halo_mm * 2.0, 14.0 if sinus else 0.0)
+    margin = [int(np.ceil(grow_mm / sp)) + 1 for sp in spacing]
     box = tuple(slice(max(a - m, 0), min(b + m, n))
                 for a, b, m, n in zip(lo, hi, margin, labels.shape, strict=True))
     lab = labels[box]
@@ -322,6 +345,10 @@ def _kidney_part(labels, spacing, rng, col_range, halo_mm, cortex_mm, pyramid_mm
         tdepth = ndimage.distance_transform_edt(np.pad(tum, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
         codes[tum & (tdepth > necrosis_mm) & (necro > necrosis_level)] = T.TUMOUR_NECROSIS
     codes[lab == 3] = T.CYST
+    if sinus:
+        fat_mask, pelvis = _sinus(inside, outside, spacing)
+        codes[fat_mask] = T.SINUS_FAT
+        codes[pelvis] = T.URINE
     # Patchy: in places organs touch the kidney with no fat plane at all.
     halo = (~inside) & (outside < halo_mm * np.clip(0.6 + 1.2 * fat, None, 2.0))
     return {"box": box, "codes": codes, "halo": halo}

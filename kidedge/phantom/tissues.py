@@ -55,7 +55,17 @@ CARTILAGE = 31
 GALLBLADDER = 32
 URINE = 33
 OUTSIDE_FOV = 34
-N_TISSUES = 35
+# Used by the anatomical phantoms (kidedge.phantom.appearance has their HU per phase).
+LESION_HYPO = 35     # liver / spleen lesion darker than its organ (cyst, metastasis)
+LESION_HYPER = 36    # brighter than its organ in enhanced phases (haemangioma, HCC, FNH)
+ADRENAL = 37
+PORTAL_VEIN = 38
+PROSTATE = 39
+STONE = 40           # gallstones, calcifications
+SPINAL_CORD = 41
+BLADDER_WALL = 42
+SMALL_VESSEL = 43    # mesenteric and retroperitoneal vessels in the fat
+N_TISSUES = 44
 
 TISSUE_NAMES = {
     v: k.lower()

@@ -198,6 +198,22 @@ def make_split(case_ids: list[str], seed: int, train: float = 0.8, val: float = 
     }
 
 
+def load_split_file(path) -> dict:
+    """A given split (``split.file``): JSON with lists "train", "val" (non-empty) and
+    "test" of case ids, no id in two parts; other keys are kept as they are."""
+    path = Path(path)
+    try:
+        split = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KidedgeError(f"{path}: cannot read the split file ({type(exc).__name__})") from exc
+    parts = [split.get(k) if isinstance(split, dict) else None for k in ("train", "val", "test")]
+    if not all(isinstance(p, list) and all(isinstance(c, str) for c in p) for p in parts) or not parts[0] or not parts[1]:
+        raise KidedgeError(f"{path}: a split file needs lists 'train' and 'val' (non-empty) and 'test' of case ids")
+    if len(set().union(*parts)) != sum(len(p) for p in parts):
+        raise KidedgeError(f"{path}: a case id is in more than one part of the split")
+    return split
+
+
 def sample_hu(cases: list[CachedCase], seed: int, per_case: int = 200_000) -> np.ndarray:
     """Random voxels (HU) from the cases, ``per_case`` from each, for z-score fitting."""
     rng = np.random.default_rng(seed)

@@ -40,7 +40,13 @@ from kidedge.train.checkpoint import (
     save_weights,
 )
 from kidedge.train.curves import plot_curves, write_metrics_csv
-from kidedge.train.data import CaseCache, discover_training_cases, make_split, sample_hu
+from kidedge.train.data import (
+    CaseCache,
+    discover_training_cases,
+    load_split_file,
+    make_split,
+    sample_hu,
+)
 from kidedge.train.datasets import PatchDataset, SliceDataset, pad_collate
 from kidedge.train.losses import SegmentationLoss
 from kidedge.train.models import build_model, count_parameters
@@ -452,7 +458,10 @@ def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool):
         split = json.loads(split_path.read_text())
     else:
         s = r["split"]
-        split = make_split([c.case_id for c in found], s["seed"], s["train"], s["val"], s["test"])
+        if s.get("file"):
+            split = load_split_file(s["file"])
+        else:
+            split = make_split([c.case_id for c in found], s["seed"], s["train"], s["val"], s["test"])
         if ddp.is_main():
             _write_json(split_path, split)
     by_id = {c.case_id: c for c in found}

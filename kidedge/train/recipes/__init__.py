@@ -22,7 +22,9 @@ Layout of a recipe (see the files for full examples)::
 
 ``--set key=value`` overrides: ``section.key`` applies to every stage (e.g.
 ``train.batch_size=8``), ``<stage>.section.key`` to one stage, ``split.seed=3`` to the
-split; values are TOML literals (``8``, ``1e-3``, ``[128, 128]``, ``"cosine"``).
+split (``split.file=DATA/split.json`` takes a given split, e.g. the grouped one of
+``kidedge phantom --training-set``); values are TOML literals (``8``, ``1e-3``,
+``[128, 128]``, ``"cosine"``).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     },
     "output": {"activation": (str,), "labels": (list,), "regions": (list,)},
     "roi": {"source_stage": (str,), "labels": (list,), "margin_mm": _NUM, "jitter_mm": _NUM},
-    "split": {"seed": (int,), "train": _NUM, "val": _NUM, "test": _NUM},
+    "split": {"seed": (int,), "train": _NUM, "val": _NUM, "test": _NUM, "file": (str,)},
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "plateau", "cosine", "onecycle")

@@ -1,0 +1,393 @@
+"""What a real body label map lacks, drawn procedurally around its real organs.
+
+BTCV labels 8 organs and AMOS 15: no skin, fat, muscle, bone, bowel or lungs. Those are
+drawn by the procedural painter (``kidedge.phantom.painter``), anchored to the real
+organs of each output slice:
+
+- the spine lies behind the aorta (vertebral body centre = aortic centre + aortic radius
+  + a few mm + half the vertebral depth, a little to the patient's right of the aorta),
+  so it sits between the kidneys as in a patient;
+- the body outline is an envelope of all real organs plus wall muscle and fat (lateral
+  and anterior extents held over +-6 cm of the body, so the abdomen does not narrow
+  below the liver), with the back behind the spine;
+- lungs above the real liver dome, bowel in the free space below it, the aorta continued
+  above and the iliac arteries below where the source's aorta stops, and the pelvis
+  (``kidedge.phantom.pelvis``) below the iliac crest.
+
+A source that labels a structure (TotalSegmentator labels bones, lungs, bowel, muscles)
+keeps its real one and that part is not drawn. Real organs are painted over the
+procedural background, then their interiors are made (stomach and bowel walls with air,
+fluid or contrast inside, bladder wall and urine, bone cortex and marrow, heart wall).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+
+from kidedge.phantom import anatomy as A
+from kidedge.phantom import tissues as T
+from kidedge.phantom.body import BodyPlan, _harmonics
+from kidedge.phantom.painter import _NORMAL, SlicePainter
+
+ORGAN_TISSUE = np.zeros(256, np.uint8)
+for _organ, _tissue in {
+    A.LIVER: T.LIVER, A.SPLEEN: T.SPLEEN, A.KIDNEY_R: T.VISCERAL_FAT, A.KIDNEY_L: T.VISCERAL_FAT,
+    A.KIDNEY_CYST: T.VISCERAL_FAT, A.GALLBLADDER: T.GALLBLADDER, A.STOMACH: T.BOWEL_WALL,
+    A.PANCREAS: T.PANCREAS, A.AORTA: T.ARTERY, A.IVC: T.VEIN, A.PORTAL_VEIN: T.PORTAL_VEIN,
+    A.ADRENAL: T.ADRENAL, A.ESOPHAGUS: T.BOWEL_WALL, A.DUODENUM: T.BOWEL_WALL,
+    A.SMALL_BOWEL: T.BOWEL_WALL, A.COLON: T.BOWEL_WALL, A.BLADDER: T.URINE,
+    A.PROSTATE_UTERUS: T.PROSTATE, A.LUNG: T.LUNG, A.HEART: T.HEART_BLOOD,
+    A.VERTEBRA: T.BONE_MARROW, A.RIB: T.BONE_MARROW, A.PELVIC_BONE: T.BONE_MARROW,
+    A.OTHER_BONE: T.BONE_MARROW, A.ILIOPSOAS: T.MUSCLE, A.BACK_MUSCLE: T.MUSCLE,
+    A.GLUTEAL: T.MUSCLE, A.ILIAC_ARTERY: T.ARTERY, A.ILIAC_VEIN: T.VEIN,
+    A.SPINAL_CORD: T.SPINAL_CORD, A.CARTILAGE: T.CARTILAGE, A.OTHER_ARTERY: T.ARTERY,
+    A.OTHER_VEIN: T.VEIN, A.OTHER_SOFT: T.MUSCLE,
+}.items():
+    ORGAN_TISSUE[_organ] = _tissue
+
+_HOLLOW = (A.STOMACH, A.DUODENUM, A.SMALL_BOWEL, A.COLON, A.ESOPHAGUS)
+_BONES = (A.VERTEBRA, A.RIB, A.PELVIC_BONE, A.OTHER_BONE)
+# Organs that do not count for the body envelope (stray labels far outside the abdomen).
+_NOT_ENVELOPE = (A.NONE, A.OTHER_BONE, A.OTHER_SOFT)
+
+
+@dataclasses.dataclass
+class Anchors:
+    """Per fine slice (mm): spine centre, aorta, body outline; plus levels (s, mm)."""
+
+    sx: np.ndarray
+    sy: np.ndarray
+    ax: np.ndarray
+    ay: np.ndarray
+    ar: np.ndarray
+    aorta_real: np.ndarray   # bool: the source's aorta is on this slice
+    cx: np.ndarray
+    cy: np.ndarray
+    a: np.ndarray
+    b_ant: np.ndarray
+    b_post: np.ndarray
+    dome_s: float            # top of the liver
+    bif_s: float             # aortic bifurcation
+    diaphragm: np.ndarray    # (r, c) coarse map: s (mm) of the top of the abdominal organs
+
+
+def _fill(values: np.ndarray, valid: np.ndarray, default: float) -> np.ndarray:
+    if not valid.any():
+        return np.full(values.shape, default, np.float64)
+    idx = np.arange(len(values))
+    return np.interp(idx, idx[valid], values[valid])
+
+
+def compute_anchors(rng, plan: BodyPlan, coarse: np.ndarray, coarse_mm: tuple,
+                    fine_s: np.ndarray, coarse_s: np.ndarray) -> Anchors:
+    """Anchor the procedural body to the real organs.
+
+    Args:
+        rng: numpy Generator.
+        plan: the case's base plan (wall thicknesses, vertebra size ...).
+        coarse: uint8 organ codes on a coarse grid (n_coarse, r, c) of the output.
+        coarse_mm: (row_mm, col_mm) of the coarse grid; coarse_s: s (mm) of its slices.
+        fine_s: s (mm) of every fine slice.
+    """
+    n = coarse.shape[0]
+    Y = (np.arange(coarse.shape[1]) * coarse_mm[0])[:, None]
+    X = (np.arange(coarse.shape[2]) * coarse_mm[1])[None, :]
+    cell = coarse_mm[0] * coarse_mm[1]
+    ax, ay, ar = np.zeros(n), np.zeros(n), np.zeros(n)
+    has_ao = np.zeros(n, bool)
+    xlo, xhi, ylo, yhi = (np.zeros(n) for _ in range(4))
+    has_any = np.zeros(n, bool)
+    liver_rows = []
+    for i in range(n):
+        org = coarse[i]
+        m = org == A.AORTA
+        if m.sum() * cell > 60:
+            has_ao[i] = True
+            ax[i] = float(np.broadcast_to(X, m.shape)[m].mean())
+            ay[i] = float(np.broadcast_to(Y, m.shape)[m].mean())
+            ar[i] = float(np.sqrt(m.sum() * cell / np.pi))
+        env = ~np.isin(org, _NOT_ENVELOPE)
+        if env.any():
+            has_any[i] = True
+            rr, cc = np.nonzero(env)
+            xlo[i], xhi[i] = cc.min() * coarse_mm[1], cc.max() * coarse_mm[1]
+            ylo[i], yhi[i] = rr.min() * coarse_mm[0], rr.max() * coarse_mm[0]
+        if (org == A.LIVER).any():
+            liver_rows.append(i)
+    dz = float(np.median(np.diff(coarse_s))) if n > 1 else 5.0
+    mid_x = float(np.mean(X)) if not has_any.any() else float(np.median((xlo + xhi)[has_any] / 2))
+    mid_y = float(np.mean(Y))
+    ax = _fill(ax, has_ao, mid_x + 10)
+    ay = _fill(ay, has_ao, mid_y)
+    ar = np.clip(_fill(ar, has_ao, plan.aorta_r), 6.0, 16.0)
+    sig = max(1.0, 12.0 / dz)
+    ax, ay, ar = (ndimage.gaussian_filter1d(v, sig, mode="nearest") for v in (ax, ay, ar))
+    sx = ax - rng.uniform(6, 14)
+    sy = ay + ar + rng.uniform(3, 6) + plan.vry
+    for v in (xlo, ylo, xhi, yhi):
+        v[:] = _fill(v, has_any, float(np.mean(v[has_any])) if has_any.any() else mid_x)
+    shrink = 1.0 - float(plan.harmonics[:, 1].sum())
+    fat_side = plan.fat_mm * (1 + plan.fat_aniso)
+    lateral = plan.skin_mm + fat_side + plan.muscle_mm + rng.uniform(8, 30)
+    # The trunk is close to a cylinder from the lower chest to the hips: its width and
+    # front are those of the widest and most anterior organs, wherever they are.
+    half = np.full(n, float(np.max(np.maximum(sx - xlo, xhi - sx)))) + lateral
+    y_ant = np.full(n, float(np.min(ylo))) - (plan.skin_mm + fat_side + plan.muscle_mm
+                                              + rng.uniform(3, 30))
+    back = plan.vry + rng.uniform(55, 72) + plan.fat_mm * 0.8 + plan.skin_mm
+    y_post = np.maximum(sy + back, yhi + plan.skin_mm + plan.fat_mm * 0.8 + 4)
+    a = ndimage.gaussian_filter1d(half / shrink, 2 * sig, mode="nearest")
+    y_ant = ndimage.gaussian_filter1d(y_ant, 2 * sig, mode="nearest")
+    y_post = ndimage.gaussian_filter1d(y_post, 2 * sig, mode="nearest")
+    cy = 0.5 * (y_ant + y_post)
+    b = 0.5 * (y_post - y_ant) / shrink
+    ratio = rng.uniform(0.95, 1.08)
+    cx = sx + rng.uniform(-6, 6)
+
+    def fine(v):
+        return np.interp(fine_s, coarse_s, v)
+
+    ao_idx = np.flatnonzero(has_ao)
+    if ao_idx.size and ao_idx[-1] < n - 2:
+        bif_s = float(coarse_s[ao_idx[-1]])
+    else:
+        bif_s = float(coarse_s[-1] + rng.uniform(20, 60))
+    dome_s = float(coarse_s[liver_rows[0]]) if liver_rows else float(coarse_s[0])
+    real = np.interp(fine_s, coarse_s, has_ao.astype(float)) > 0.5
+    diaphragm = _diaphragm(coarse, coarse_s, coarse_mm)
+    return Anchors(sx=fine(sx), sy=fine(sy), ax=fine(ax), ay=fine(ay), ar=fine(ar),
+                   aorta_real=real, cx=fine(cx), cy=fine(cy), a=fine(a),
+                   b_ant=fine(b * ratio), b_post=fine(b * (2 - ratio)), dome_s=dome_s, bif_s=bif_s,
+                   diaphragm=diaphragm)
+
+
+_UNDER_DIAPHRAGM = (A.LIVER, A.SPLEEN, A.STOMACH, A.GALLBLADDER, A.PANCREAS, A.KIDNEY_R,
+                    A.KIDNEY_L, A.ADRENAL, A.DUODENUM, A.SMALL_BOWEL, A.COLON)
+
+
+def _diaphragm(coarse, coarse_s, coarse_mm) -> np.ndarray:
+    """The diaphragm as a height map: for each in-plane cell, s (mm) of the highest
+    abdominal organ below it, filled in from the nearest organ where there is none and
+    smoothed (~1 cm), so the lungs end on a dome over the real liver and spleen."""
+    under = np.isin(coarse, _UNDER_DIAPHRAGM)
+    any_col = under.any(axis=0)
+    if not any_col.any():
+        return np.full(coarse.shape[1:], float(coarse_s[0]))
+    first = np.argmax(under, axis=0)
+    top = coarse_s[first].astype(np.float64)
+    _, (ri, ci) = ndimage.distance_transform_edt(~any_col, return_indices=True)
+    top = top[ri, ci]
+    return ndimage.gaussian_filter(top, max(1.0, 10.0 / coarse_mm[0]), mode="nearest")
+
+
+def base_plan(rng, shape, spacing, hilum_s: float) -> BodyPlan:
+    """The random, non-anchored part of an anatomical body (wall, spine sizes ...)."""
+    return BodyPlan(
+        shape=tuple(shape), spacing=tuple(spacing), hilum_s=hilum_s,
+        cx=0.0, cy=0.0, a=150.0, b_ant=100.0, b_post=100.0, harmonics=_harmonics(rng),
+        skin_mm=rng.uniform(1.5, 3.0), fat_mm=float(np.exp(rng.uniform(np.log(6), np.log(40)))),
+        fat_aniso=rng.uniform(0.0, 0.5), fat_phase=rng.uniform(0, 2 * np.pi),
+        muscle_mm=rng.uniform(7, 15), sx=0.0, sy=0.0,
+        vrx=rng.uniform(17, 24), vry=rng.uniform(14, 19),
+        vert_period=rng.uniform(28, 36), disc_mm=rng.uniform(6, 10), vert_phase=rng.uniform(0, 40),
+        aorta_dx=0.0, aorta_r=rng.uniform(9, 13), ivc_dx=-rng.uniform(20, 30),
+        bifurcation_zk=0.0, dome_zk=0.0, liver_low_zk=0.0, spleen_low_zk=0.0,
+        spleen_top_zk=0.0, spleen_size=1.0, liver_size=1.0, gallbladder=None,
+        bowel_level=rng.uniform(-0.3, 0.5), rib_period=rng.uniform(22, 30),
+        rib_phase=rng.uniform(0, 30), sites=[], arm_r=rng.uniform(38, 55),
+        table_gap=rng.uniform(2, 15), table_curve=rng.uniform(0.0008, 0.002),
+    )
+
+
+class AnchoredPainter(SlicePainter):
+    """Paints a fine slice: procedural background, then the real organs over it.
+
+    Args:
+        plan: the base plan (its per-slice fields are replaced from ``anchors``).
+        style: the case's :class:`kidedge.phantom.appearance.Appearance`.
+        anchors: :class:`Anchors`.
+        has: organ codes the body source labels (their procedural version is not drawn).
+        pelvis: a ``kidedge.phantom.pelvis.PelvisPainter`` or None.
+        stomach: (air fraction of its depth, content tissue) of the stomach.
+    """
+
+    def __init__(self, plan: BodyPlan, style, anchors: Anchors, has, pelvis=None,
+                 stomach=(0.2, T.BOWEL_FLUID)):
+        super().__init__(plan, style)
+        self.base = plan
+        self.anchors = anchors
+        self.has = frozenset(has)
+        self.pelvis = pelvis
+        self.stomach = stomach
+        self.plan_dome_zk = plan.hilum_s - anchors.dome_s
+        self.plan_bif_zk = plan.hilum_s - anchors.bif_s
+        d = anchors.diaphragm
+        self.diaphragm = ndimage.zoom(d, (self.rows / d.shape[0], self.cols / d.shape[1]),
+                                      order=1, mode="nearest").astype(np.float32)
+        self.bowel_field = None     # a 3-channel SmoothField, set by the caller
+        self.bowel_level = 0.0
+        self.bowel_width = 0.3
+        self.bowel_patch = 0.0
+
+    def plan_at(self, f: int) -> BodyPlan:
+        an = self.anchors
+        return dataclasses.replace(
+            self.base, cx=float(an.cx[f]), cy=float(an.cy[f]), a=float(an.a[f]),
+            b_ant=float(an.b_ant[f]), b_post=float(an.b_post[f]), sx=float(an.sx[f]),
+            sy=float(an.sy[f]), aorta_dx=float(an.ax[f] - an.sx[f]), aorta_r=float(an.ar[f]),
+            dome_zk=self.plan_dome_zk, bifurcation_zk=self.plan_bif_zk)
+
+    def paint_slice(self, f: int, org: np.ndarray, fields, wobble) -> tuple[np.ndarray, np.ndarray]:
+        """(tissue codes, body mask) of fine slice ``f`` given its real organ codes."""
+        self.p = p = self.plan_at(f)
+        has = self.has
+        zk = p.zk(f)
+        codes, body, cavity = self.wall(f, wobble)
+        if A.LUNG not in has:
+            self._lungs(codes, f, zk, cavity)
+        if A.SMALL_BOWEL not in has and self.bowel_field is not None:
+            self._bowel_tubes(codes, f, cavity)
+        self._fat_vessels(codes, f, fields, cavity)
+        if A.COLON not in has:
+            self.colon(codes, zk, cavity)
+        if not self.anchors.aorta_real[f]:
+            self._vessels(codes, zk, body, ivc=A.IVC not in has)
+        elif A.IVC not in has:
+            self.ellipse(codes, T.VEIN, p.sx + p.ivc_dx, p.sy - p.vry - p.aorta_r - 2, 13, 9, where=body)
+        lumbar = self.pelvis is None or not self.pelvis.replaces_lumbar(self, zk)
+        if A.VERTEBRA not in has and lumbar:
+            self.muscles(codes, zk, body)
+            self.spine(codes, zk)
+        if self.pelvis is not None and A.PELVIC_BONE not in has:
+            self.pelvis.paint(self, codes, zk, body, cavity)
+        if A.RIB not in has:
+            self._ribs(codes, f, zk, body)
+        self._outside(codes, zk, body)
+        m = org > 0
+        if m.any():
+            codes[m] = ORGAN_TISSUE[org[m]]
+            self._interiors(codes, org, f, fields)
+        self.liver_vessels(codes, f, fields)
+        self.renal_vessels(codes, zk)
+        return codes, body
+
+    def _lungs(self, codes, f, zk, cavity):
+        """Lungs above the diaphragm height map; heart and mediastinum above the dome."""
+        p = self.p
+        lung = cavity & (f * p.spacing[0] < self.diaphragm - 3.0)
+        codes[lung] = T.LUNG
+        if zk > p.dome_zk + 10:
+            W, Hb = p.a, 0.5 * (p.b_ant + p.b_post)
+            hr = min(60.0, (zk - p.dome_zk - 10) * 1.2 + 25)
+            hx, hy = p.cx + 0.15 * W, p.cy - 0.25 * Hb
+            self.ellipse(codes, T.MYOCARDIUM, hx, hy, hr * 1.1, hr * 0.85, 0.5, where=cavity, wob=0.1)
+            self.ellipse(codes, T.HEART_BLOOD, hx, hy, hr * 0.75, hr * 0.55, 0.5, where=cavity)
+            self.ellipse(codes, T.VISCERAL_FAT, p.sx, p.sy - p.vry - 25, 28, 30, where=cavity)
+
+    def _bowel_tubes(self, codes, f, cavity):
+        """Small bowel and colon loops as tubes: a band around a level set of a smooth
+        field (constant calibre, walls, fluid, gas or oral contrast inside), in patches
+        of the visceral fat below the diaphragm and in front of the spine."""
+        p, st = self.p, self.style
+        rs = slice(0, min(self.rows, int((p.sy + 10) / p.spacing[1]) + 1))
+        region = cavity[rs] & (codes[rs] == T.VISCERAL_FAT)
+        region &= f * p.spacing[0] > self.diaphragm[rs] + 25.0
+        if not region.any():
+            return
+        g = self.bowel_field.slice(f, rows=rs)
+        band = np.abs(g[0] - self.bowel_level)
+        lumen = band < self.bowel_width
+        wall = ~lumen & (band < self.bowel_width + 0.1)
+        region &= g[2] > self.bowel_patch
+        c_air = _NORMAL.inv_cdf(min(max(1.0 - st.bowel_air, 1e-3), 1 - 1e-3))
+        c_con = _NORMAL.inv_cdf(st.oral_contrast) if st.oral_contrast > 0 else -9.0
+        inner = np.full(band.shape, T.BOWEL_FLUID, np.uint8)
+        inner[g[1] > c_air] = T.BOWEL_AIR
+        inner[g[1] < c_con] = T.BOWEL_CONTRAST
+        inner[wall] = T.BOWEL_WALL
+        sel = region & (lumen | wall)
+        view = codes[rs]
+        view[sel] = inner[sel]
+
+    def _fat_vessels(self, codes, f, fields, cavity):
+        """Mesenteric and retroperitoneal vessels: thin strands in the visceral fat."""
+        fat = cavity & (codes == T.VISCERAL_FAT)
+        rr = np.flatnonzero(fat.any(axis=1))
+        if rr.size == 0:
+            return
+        cc = np.flatnonzero(fat.any(axis=0))
+        box = (slice(rr[0], rr[-1] + 1), slice(cc[0], cc[-1] + 1))
+        v = fields.slice(f, rows=box[0], cols=box[1], channels=slice(2, 3))[0]
+        view = codes[box]
+        view[fat[box] & (np.abs(v - 0.7) < 0.03)] = T.SMALL_VESSEL
+
+    def _vessels(self, codes, zk, body, ivc: bool):
+        """Aorta (and IVC) where the source's aorta is absent; iliacs below the
+        bifurcation, diverging over the pelvic brim (at most 70 mm off the midline)."""
+        p = self.p
+        ay = p.sy - p.vry - p.aorta_r - 4
+        if zk > p.bifurcation_zk:
+            self.ellipse(codes, T.ARTERY, p.sx + p.aorta_dx, ay, p.aorta_r, p.aorta_r, where=body)
+            if ivc:
+                self.ellipse(codes, T.VEIN, p.sx + p.ivc_dx, ay + 2, 13, 9, where=body)
+            return
+        spread = min((p.bifurcation_zk - zk) * 0.35 + 6, 70.0)
+        forward = min(max(0.0, (p.bifurcation_zk - zk - 60) * 0.4), 40.0)
+        for side in (-1, 1):
+            self.ellipse(codes, T.ARTERY, p.sx + side * spread, ay - forward, 5.5, 5.5, where=body)
+            self.ellipse(codes, T.VEIN, p.sx + side * (spread + 3), ay + 9 - forward, 7.5, 6.5, where=body)
+
+    def _interiors(self, codes, org, f, fields):
+        """Walls and contents of hollow organs, bone cortex, heart wall."""
+        present = np.bincount(org.reshape(-1), minlength=A.N_ORGANS) > 0
+        for organ in _HOLLOW + _BONES + (A.BLADDER, A.HEART):
+            if not present[organ]:
+                continue
+            m = org == organ
+            rr = np.flatnonzero(m.any(axis=1))
+            cc = np.flatnonzero(m.any(axis=0))
+            box = (slice(rr[0], rr[-1] + 1), slice(cc[0], cc[-1] + 1))
+            mb = m[box]
+            view = codes[box]
+            px = self.p.spacing[1]
+            rim_mm = {A.BLADDER: 3.0, A.HEART: 7.0}.get(organ, 1.5 if organ in _BONES else 3.5)
+            r = max(1, int(round(rim_mm / px)))
+            inner = ndimage.minimum_filter(mb.astype(np.uint8), size=2 * r + 1, mode="constant") > 0
+            if organ in _BONES:
+                view[mb & ~inner] = T.BONE_CORTEX
+            elif organ == A.HEART:
+                view[mb & ~inner] = T.MYOCARDIUM
+            elif organ == A.BLADDER:
+                view[mb & ~inner] = T.BLADDER_WALL
+                if self.style.phase == "excretory":
+                    # Opacified urine is heavier than urine: it layers posteriorly (supine).
+                    level = rr[0] + (rr[-1] - rr[0]) * self._bladder_level
+                    rows = np.arange(box[0].start, box[0].stop)[:, None]
+                    view[inner & (rows < level)] = T.BOWEL_FLUID
+            else:
+                self._contents(view, inner, organ, box, f, fields)
+
+    _bladder_level = 0.45
+
+    def _contents(self, view, inner, organ, box, f, fields):
+        st = self.style
+        if organ == A.STOMACH:
+            air_frac, content = self.stomach
+            rows = np.arange(box[0].start, box[0].stop)[:, None]
+            level = box[0].start + (box[0].stop - box[0].start) * air_frac
+            view[inner] = content
+            view[inner & (rows < level)] = T.BOWEL_AIR
+            return
+        if organ == A.ESOPHAGUS:
+            view[inner] = T.BOWEL_AIR if st.bowel_air > 0.15 else T.BOWEL_WALL
+            return
+        content = fields.slice(f, rows=box[0], cols=box[1], channels=slice(1, 2))[0]
+        c_air = _NORMAL.inv_cdf(min(max(1.0 - st.bowel_air, 1e-3), 1 - 1e-3))
+        c_con = _NORMAL.inv_cdf(st.oral_contrast) if st.oral_contrast > 0 else -9.0
+        fill = np.full(inner.shape, T.FAECES if organ == A.COLON else T.BOWEL_FLUID, np.uint8)
+        fill[content > c_air] = T.BOWEL_AIR
+        fill[content < c_con] = T.BOWEL_CONTRAST
+        view[inner] = fill[inner]
