@@ -42,9 +42,10 @@ def main() -> int:
     if args.rewrite_report:
         import json
 
-        from kidedge.bench import Variant, evaluate_targets
         from kidedge.bench.report import write_report
         from kidedge.bench.scans import BenchScan
+        from kidedge.bench.summary import evaluate_targets
+        from kidedge.bench.variants import Variant
 
         folder = Path(args.rewrite_report)
         results = json.loads((folder / "bench.json").read_text())
@@ -56,7 +57,7 @@ def main() -> int:
         write_report(results, folder)
         return 0
 
-    from kidedge.bench import run_bench
+    from kidedge.bench.run import run_bench
     from kidedge.errors import KidedgeError
 
     model = args.model

@@ -225,7 +225,7 @@ def evaluate(pred, gt, package, data, split, part, precisions, no_gate, record, 
 @_one_line_errors
 def bench(quick, out, model, labels):
     """Latency benchmark report: kidedge against the baselines users would otherwise run."""
-    fn = _library_call("kidedge.bench", "run_bench", "issue 7")
+    fn = _library_call("kidedge.bench.run", "run_bench", "issue 7")
     return fn(quick=quick, out=out, model=model, labels=labels)
 
 

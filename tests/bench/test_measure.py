@@ -53,7 +53,7 @@ def test_bench_imports_without_torch():
     code = ("import sys\n"
             "import kidedge.bench, kidedge.bench.baselines, kidedge.bench.measure\n"
             "import kidedge.bench.report, kidedge.bench.scans, kidedge.bench.kidedge_variant\n"
-            "import kidedge.bench.untrained_package\n"
+            "import kidedge.bench.untrained_package, kidedge.bench.run, kidedge.bench.package_eval\n"
             "bad = [m for m in ('torch', 'monai', 'torchvision') if m in sys.modules]\n"
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kidedge.bench import Variant, evaluate_targets, hierarchical_dice, summarise
 from kidedge.bench.report import markdown_report, write_report
 from kidedge.bench.scans import BenchScan
+from kidedge.bench.summary import evaluate_targets, hierarchical_dice, summarise
+from kidedge.bench.variants import Variant
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

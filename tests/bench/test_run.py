@@ -70,7 +70,7 @@ def test_baselines_and_kidedge_give_the_same_labels(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_quick_bench_end_to_end(tiny, tmp_path):
-    from kidedge.bench import run_bench
+    from kidedge.bench.run import run_bench
 
     _, cascade, _ = tiny
     out = tmp_path / "results"
