@@ -36,6 +36,11 @@ from kidedge.runtime.stage3d import Stage3D, run_stage_3d
 
 #: The locator's mask is pooled in-plane (logical OR) to at most this many pixels a side.
 LOCATOR_MAX_PIXELS = 128
+#: Windows per inference call. A 3D window is a whole batch's worth of work (80x128x128
+#: voxels is 20 slices of 256x256), so a CPU gains nothing from batching them and pays the
+#: activations of each (hundreds of MB for the papers' widths); a GPU fills better with two.
+DEFAULT_WINDOWS_CPU = 1
+DEFAULT_WINDOWS_GPU = 2
 
 
 class KidneyLocator:
@@ -177,6 +182,7 @@ def segment_3d(scan, localiser: Stage3D | None, segmenter: Stage3D, backends: di
     n, rows, cols = scan.shape
     labels = SparseLabels((n, rows, cols))
     whole = RegionOfInterest(0, n, 0, rows, 0, cols)
+    profiler.info["latency_unit"] = "3D window (the stage's patch), not slice"
     common = dict(batch=batch, slab_size=slab_size)
     seg_backend = backends[segmenter.name]
     ungated_windows = segmenter.grid(whole, scan.spacing[1:]).n_windows

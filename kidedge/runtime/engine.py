@@ -31,10 +31,12 @@ from kidedge.postprocess import class_volumes_ml, postprocess_labels
 from kidedge.runtime.backends.base import BackendOutOfMemory, BackendUnavailable
 from kidedge.runtime.backends.registry import BackendChoice, create_backend, select_backend
 from kidedge.runtime.blas_threads import SingleThreadedBlas
+from kidedge.runtime.cascade3d import DEFAULT_WINDOWS_CPU, DEFAULT_WINDOWS_GPU, segment_3d
 from kidedge.runtime.gating import CascadeGate
 from kidedge.runtime.labelmap import SparseLabels, box_affine
 from kidedge.runtime.pipeline import run_stage
 from kidedge.runtime.profiling import Profiler
+from kidedge.runtime.stage3d import Stage3D
 
 #: Micro-batch (slices per ``infer`` call) when none is asked for.
 DEFAULT_BATCH_CPU = 4
@@ -57,11 +59,9 @@ def localiser_step(slice_mm: float, step_mm: float = LOCALISER_STEP_MM) -> int:
 
 def check_package_runnable(package: ModelPackage) -> None:
     """Refuse packages this streaming runtime cannot run, in one line."""
-    dim = package.manifest.dimensionality
-    if dim != "2d":
-        raise KidedgeError(
-            f"{package.source}: a {dim} package; the streaming runtime runs 2D (slice-wise) packages only "
-            "(3D patch inference is not implemented in kidedge infer)")
+    if package.manifest.dimensionality == "3d":
+        for stage in package.stages:  # a one-line error for a stage without sliding-window settings
+            Stage3D.of(stage)
     if len(package.stages) > 2:
         raise KidedgeError(f"{package.source}: {len(package.stages)} stages; the runtime runs one stage or a two-stage cascade")
     if len(package.stages) == 2 and sum(s.roi is not None for s in package.stages) != 1:
@@ -104,7 +104,8 @@ class Segmenter:
     Args:
         package: a loaded :class:`kidedge.package.ModelPackage`.
         choice: the backend choice (default: ``select_backend(package)``, the fastest here).
-        batch: micro-batch size in slices (default 4 on a CPU, 16 on a GPU).
+        batch: micro-batch size in slices (default 4 on a CPU, 16 on a GPU); for a 3D
+            package, windows per inference call (default 1 on a CPU, 2 on a GPU).
         slab_size: slices read and preprocessed at a time.
         threads: CPU threads for the engine (None: the library's default).
         localiser_step_mm: a cascade's localiser runs on one slice every this many mm
@@ -122,7 +123,11 @@ class Segmenter:
         self.localiser_step_mm = float(localiser_step_mm)
         self.package = package
         self.choice = choice or select_backend(package)
-        self.batch = int(batch or (DEFAULT_BATCH_CPU if self.choice.device == "cpu" else DEFAULT_BATCH_GPU))
+        self.is_3d = package.manifest.dimensionality == "3d"
+        cpu = self.choice.device == "cpu"
+        default = (DEFAULT_WINDOWS_CPU if cpu else DEFAULT_WINDOWS_GPU) if self.is_3d else (
+            DEFAULT_BATCH_CPU if cpu else DEFAULT_BATCH_GPU)
+        self.batch = int(batch or default)
         self.slab_size = int(slab_size)
         self.threads = threads
         self.segmenter = next((s for s in package.stages if s.roi is not None), package.stages[0])
@@ -200,6 +205,9 @@ class Segmenter:
         n, rows, cols = scan.shape
         labels = SparseLabels((n, rows, cols))
         seg = self.segmenter
+        if self.is_3d:  # papers 002/003: sliding windows, stage 2 inside each kidney's box
+            return segment_3d(scan, Stage3D.of(self.localiser) if self.localiser else None, Stage3D.of(seg),
+                              self.backends, profiler, gate=gate, batch=batch, slab_size=self.slab_size)
         seg_backend = self.backends[seg.name]
         common = dict(batch=batch, slab_size=self.slab_size)
         if self.localiser is None or not gate:

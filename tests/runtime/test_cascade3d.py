@@ -267,3 +267,32 @@ def test_peak_memory_does_not_grow_with_the_scan(tmp_path):
     assert peaks[480]["windows"] == 59 * 25 and peaks[60]["windows"] == 7 * 25
     growth = peaks[480]["peak_mb"] - peaks[60]["peak_mb"]
     assert growth < 25, peaks
+
+
+def test_kidedge_infer_runs_a_3d_package(tiny3d, tmp_path):
+    """``kidedge infer`` on a RAS (x, y, z) NIfTI with the 3D package: the written label map
+    has the input's shape and affine and holds Segmenter.segment's post-processed labels."""
+    from click.testing import CliRunner
+
+    from kidedge.cli import main
+    from kidedge.runtime.backends.registry import select_backend
+    from kidedge.runtime.engine import Segmenter
+
+    data, pkg = tiny3d
+    kits = load_scan(data / "case_00000" / "imaging.nii.gz")
+    ras_path = write_ras_nifti(tmp_path / "ras.nii.gz", np.asarray(kits.array), kits.spacing)
+    out = tmp_path / "ras_seg.nii.gz"
+    profile = tmp_path / "profile.json"
+    r = CliRunner().invoke(main, ["infer", str(ras_path), "--model", str(pkg.source), "-o", str(out),
+                                  "--backend", "onnxruntime", "--precision", "fp32", "--profile", str(profile)])
+    assert r.exit_code == 0, r.output
+    img, src = nib.load(str(out)), nib.load(str(ras_path))
+    assert img.shape == src.shape and np.allclose(img.affine, src.affine)
+    with Segmenter(pkg, select_backend(pkg, "onnxruntime", "fp32"), threads=1) as seg:
+        result = seg.segment(load_scan(ras_path))
+    ras = load_scan(ras_path)
+    assert np.array_equal(ras.to_canonical(np.asarray(img.dataobj)), result.labels.to_dense())
+    assert result.gating["enabled"] and len(result.gating["regions"]) == 2 and result.volumes_ml["kidney_ml"] > 0
+    rep = json.loads(profile.read_text())["scans"][0]
+    assert rep["gating"]["windows_stage2"] == result.gating["windows_stage2"]
+    assert rep["profile"]["counters"]["segment_windows"] == result.gating["windows_stage2"]

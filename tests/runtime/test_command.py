@@ -225,11 +225,12 @@ def test_bad_missing_default_package(tmp_path, ct_case, monkeypatch):
 
 
 def test_bad_3d_package_refused(tmp_path, ct_case, single_package):
+    """A 3D package runs by sliding windows; one without their settings is refused."""
     m = json.loads((single_package / "manifest.json").read_text())
     m["dimensionality"] = "3d"
     (single_package / "manifest.json").write_text(json.dumps(m))
     out = tmp_path / "o"
-    _assert_refused(_run_cli([ct_case[0], "-o", out, "--model", single_package]), out, "3d package")
+    _assert_refused(_run_cli([ct_case[0], "-o", out, "--model", single_package]), out, "no sliding-window settings")
 
 
 def test_failed_run_keeps_existing_output(tmp_path, single_package):
