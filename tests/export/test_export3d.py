@@ -109,6 +109,8 @@ def test_tensorrt_bucket_is_the_patch(tmp_path, monkeypatch):
     run = make_run_3d(tmp_path, make_dataset(tmp_path / "data", cases=2))
     export_run(run, tmp_path / "pkg", tensorrt=True, held_out_cases=1, model_factory=tiny3d_factory, quiet=True)
     by_stage = {rel: s for rel, _, s in asked}
-    assert (by_stage["localise"]["depth"], by_stage["localise"]["height"], by_stage["localise"]["width"]) == (8, 8, 8)
-    assert (by_stage["segment"]["depth"], by_stage["segment"]["height"], by_stage["segment"]["width"]) == (8, 16, 16)
-    assert all(s["batches"] == TRT_BATCHES for s in by_stage.values())
+    for name, patch in (("localise", (8, 8, 8)), ("segment", (8, 16, 16))):
+        s = by_stage[name]
+        assert s["depth"] == patch[0] and list(s["buckets"]) == [patch[1:]]  # one bucket: the patch
+        assert s["batch"] == TRT_BATCHES[-1]
+    assert ModelPackage.load(tmp_path / "pkg").stage("segment").input.buckets == ((16, 16),)
