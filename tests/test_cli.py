@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from kidedge import cli
 from kidedge.environment import describe, machine_label
 
-COMMANDS = {"phantom", "train", "export", "infer", "evaluate", "bench", "demo", "info"}
+COMMANDS = {"phantom", "train", "export", "infer", "batch", "evaluate", "bench", "demo", "info"}
 
 
 def test_help_lists_every_command_of_the_contract():

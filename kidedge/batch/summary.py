@@ -9,7 +9,10 @@ from pathlib import Path
 
 #: Volumes reported per scan (mL), from the volumes record's "classes" and "sides".
 VOLUME_COLUMNS = ("kidney_ml", "tumour_ml", "cyst_ml", "left_kidney_ml", "right_kidney_ml")
-COLUMNS = ("scan", "status", "seconds", *VOLUME_COLUMNS, "output", "error")
+#: seconds: the scan's total; read_s / segment_s / write_s: each stage's share (the stages
+#: of different scans overlap, so a run's wall time is not the sum of these).
+COLUMNS = ("scan", "status", "seconds", "read_s", "segment_s", "write_s", *VOLUME_COLUMNS, "output", "error")
+_NO_TIMES = {"seconds": "", "read_s": "", "segment_s": "", "write_s": ""}
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -35,18 +38,20 @@ def summary_line(row: dict) -> dict:
     seconds = row.get("t_read", 0.0) + row.get("t_segment", 0.0) + row.get("t_write", 0.0)
     volumes = None if failed or not row.get("volumes") else json.loads(row["volumes"])
     return {"scan": row["scan"], "status": FAILED if failed else DONE, "seconds": round(seconds, 3),
+            "read_s": round(row.get("t_read", 0.0), 3), "segment_s": round(row.get("t_segment", 0.0), 3),
+            "write_s": round(row.get("t_write", 0.0), 3),
             **volume_columns(volumes), "output": "" if failed else row["output"],
             "error": row.get("error") or ""}
 
 
 def skipped_line(item, record: dict) -> dict:
     """A scan finished by an earlier run."""
-    return {"scan": item.scan, "status": SKIPPED, "seconds": "", **volume_columns(record.get("volumes")),
+    return {"scan": item.scan, "status": SKIPPED, **_NO_TIMES, **volume_columns(record.get("volumes")),
             "output": item.output, "error": ""}
 
 
 def failed_line(item, error: str) -> dict:
-    return {"scan": item.scan, "status": FAILED, "seconds": "", **volume_columns(None),
+    return {"scan": item.scan, "status": FAILED, **_NO_TIMES, **volume_columns(None),
             "output": "", "error": error}
 
 

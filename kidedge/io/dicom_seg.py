@@ -147,14 +147,35 @@ def check_dicom_seg_source(scan: Scan) -> None:
     source_headers(scan)
 
 
-def _native_labels(labels, scan: Scan) -> np.ndarray:
-    """Canonical labels -> the native (source slice order, row, column) view."""
-    if not isinstance(labels, np.ndarray) and hasattr(labels, "to_dense"):
-        labels = labels.to_dense()  # a sparse label store (kidedge.runtime.labelmap)
+def _labelled_native_slices(labels, scan: Scan) -> tuple[np.ndarray, np.ndarray | None]:
+    """The native (source) slices that hold labels: their indices, and their labels stacked
+    ``(k, rows, columns)`` (None when nothing is labelled).
+
+    ``labels`` is canonical: a dense array, or a sparse store (``nonempty()``, ``slice(k)``,
+    e.g. :class:`kidedge.runtime.labelmap.SparseLabels`). When the source's slices are the
+    canonical slices (an axial series), a sparse store is read slice by slice, so only the
+    labelled slices are ever dense; otherwise the labels are made dense first.
+    """
+    orient = scan.orientation
+    sparse = not isinstance(labels, np.ndarray) and hasattr(labels, "nonempty") and hasattr(labels, "slice")
+    if sparse and orient.slice_axis == 0:
+        n = scan.shape[0]
+        canon = np.flatnonzero(labels.nonempty())
+        if canon.size == 0:
+            return canon, None
+        # a canonical slice is a native one, flipped and transposed in-plane as the whole is
+        planes = {(n - 1 - k if orient.slice_flipped else k): orient.native(labels.slice(int(k))[None])[0]
+                  for k in canon}
+        order = np.array(sorted(planes))
+        return order, np.stack([planes[k] for k in order]).astype(np.uint8, copy=False)
+    if sparse:
+        labels = labels.to_dense()
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iub":
         raise KidedgeError(f"{scan.source}: labels must be integers, got {labels.dtype}")
-    return scan.from_canonical(labels)
+    native = scan.from_canonical(labels)
+    labelled = np.flatnonzero(native.any(axis=(1, 2)))
+    return labelled, (np.ascontiguousarray(native[labelled]) if labelled.size else None)
 
 
 def _segment_description(hd, number: int, cls: SegmentClass, model: str, version: str):
@@ -189,7 +210,8 @@ def write_dicom_seg(labels, scan: Scan, path: str | Path, *, model: str = "model
 
     Args:
         labels: (slices, rows, columns) integer labels in canonical orientation (the shape
-            of ``scan.array``), values 0..3; or a sparse store with ``to_dense()``.
+            of ``scan.array``), values 0..3; or a sparse store (``nonempty()``, ``slice(k)``,
+            ``to_dense()``), as the runtime's result holds them.
         scan: the DICOM series the labels belong to (:func:`kidedge.io.load_scan` of a
             folder; its ``dicom`` record names the source files).
         path: the ``.dcm`` file to write (not inside the source series' folder).
@@ -212,14 +234,13 @@ def write_dicom_seg(labels, scan: Scan, path: str | Path, *, model: str = "model
         raise KidedgeError(
             f"{path}: labels of shape {tuple(np.shape(labels))} do not match the scan's canonical "
             f"shape {scan.shape} ({scan.source})")
-    native = _native_labels(labels, scan)
-    n = native.shape[0]
-    if n != len(headers) or native.shape[1:] != (int(headers[0].Rows), int(headers[0].Columns)):
-        raise KidedgeError(f"{scan.source}: the scan's native shape {native.shape} is not its "
+    native_shape = scan.native_shape
+    if native_shape != (len(headers), int(headers[0].Rows), int(headers[0].Columns)):
+        raise KidedgeError(f"{scan.source}: the scan's native shape {native_shape} is not its "
                            f"{len(headers)} source images of {headers[0].Rows}x{headers[0].Columns}")
-    # the labelled source slices, and the classes present in them (one pass, no dense copy)
-    labelled = np.flatnonzero(native.any(axis=(1, 2)))
-    sub = np.ascontiguousarray(native[labelled]) if labelled.size else None
+    n = native_shape[0]
+    # the labelled source slices, and the classes present in them
+    labelled, sub = _labelled_native_slices(labels, scan)
     present = [int(v) for v in np.unique(sub) if v != 0] if sub is not None else []
     unknown = [v for v in present if v not in SEGMENT_CLASSES]
     if unknown:
@@ -227,7 +248,7 @@ def write_dicom_seg(labels, scan: Scan, path: str | Path, *, model: str = "model
                            f"{sorted(SEGMENT_CLASSES)}")
     if sub is None:  # nothing found: one empty frame of the kidney segment, mid-series
         present, labelled = [1], np.array([n // 2])
-        sub = np.zeros((1, *native.shape[1:]), np.uint8)
+        sub = np.zeros((1, *native_shape[1:]), np.uint8)
     # segment numbers must run 1..k: class values present -> 1..k (label-map style array)
     lut = np.zeros(256, np.uint8)
     for number, value in enumerate(present, start=1):

@@ -20,6 +20,7 @@ import click
 
 from kidedge.errors import KidedgeError
 from kidedge.io import load_scan
+from kidedge.io.dicom_seg import check_dicom_seg_source, check_seg_output_path, write_dicom_seg
 from kidedge.io.writer import save_segmentation_planes, write_json_atomic
 from kidedge.package import ModelPackage
 from kidedge.runtime.backends.registry import default_threads, select_backend
@@ -38,11 +39,17 @@ def segment_job(job: ScanJob, segmenter: Segmenter, gate: bool = True) -> dict:
             is not allowed. Nothing is written then.
     """
     scan = load_scan(job.scan)
+    if job.format == "dicom-seg":  # refused before any segmentation work
+        check_seg_output_path(job.output, scan)
+        check_dicom_seg_source(scan)
     profiler = Profiler()
     with profiler:  # the profile covers the write too: the user waits for it
         result = segmenter.segment(scan, gate=gate, profiler=profiler)
         with profiler.stage("write"):
-            save_segmentation_planes(result.labels, scan, job.output)
+            if job.format == "dicom-seg":
+                write_dicom_seg(result.labels, scan, job.output, model=segmenter.package.name)
+            else:
+                save_segmentation_planes(result.labels, scan, job.output)
     write_json_atomic(job.volumes_json, {
         "scan": str(job.scan), "segmentation": str(job.output),
         "package": segmenter.package.name, "volumes": result.volumes})
@@ -94,7 +101,7 @@ def _run_jobs(jobs: list[ScanJob], segmenter: Segmenter, gate: bool) -> tuple[li
 
 
 def infer_command(scans, output=None, model=None, backend="auto", precision="auto", batch=None,
-                  profile=None, overlay=None, gate=True, dla_core=None) -> int:
+                  profile=None, overlay=None, gate=True, dla_core=None, fmt="nifti") -> int:
     """Run ``kidedge infer``; returns the exit code (0 all written, 2 some scans failed).
 
     Args:
@@ -110,6 +117,8 @@ def infer_command(scans, output=None, model=None, backend="auto", precision="aut
         gate: cascade gating (stage 2 only inside stage 1's kidney region).
         dla_core: run TensorRT plans built for this Jetson DLA core (a stage without one
             runs its GPU plan; the choice's reason says so on stderr).
+        fmt: ``nifti`` (default) or ``dicom-seg``: a DICOM Segmentation object referencing
+            the source series (DICOM series inputs only; :mod:`kidedge.io.dicom_seg`).
 
     Raises:
         KidedgeError: a problem that stops the whole run (model, backend, output); with a
@@ -118,7 +127,7 @@ def infer_command(scans, output=None, model=None, backend="auto", precision="aut
     package = ModelPackage.load(model)
     choice = select_backend(package, backend, precision, dla_core=dla_core)
     segmenter = Segmenter(package, choice, batch=batch, threads=default_threads())
-    jobs = plan_outputs(expand_inputs(scans), output, overlay=overlay, profile=profile)
+    jobs = plan_outputs(expand_inputs(scans), output, overlay=overlay, profile=profile, fmt=fmt)
     click.echo(f"kidedge: {package.name} on {choice.describe()} [{choice.reason}]", err=True)
     with segmenter:
         reports, failures = _run_jobs(jobs, segmenter, gate)

@@ -8,6 +8,8 @@ from pathlib import Path
 from kidedge.errors import KidedgeError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: ``--format``: the label map's file ending (a DICOM SEG object for a DICOM series).
+OUTPUT_ENDINGS = {"nifti": "_seg.nii.gz", "dicom-seg": "_seg.dcm"}
 DEFAULT_OUTPUT_DIR = Path("kidedge_out")
 #: NIfTI names in a folder that are label maps, not scans (our own outputs, KiTS truth).
 LABEL_MAP_ENDINGS = ("_seg.nii.gz", "_seg.nii", "segmentation.nii.gz", "segmentation.nii")
@@ -17,12 +19,14 @@ GENERIC_STEMS = {"imaging", "image", "ct", "scan", "volume"}
 
 @dataclasses.dataclass
 class ScanJob:
-    """One scan to segment and the files its results go to (``overlay``: its PNG, if asked)."""
+    """One scan to segment and the files its results go to (``overlay``: its PNG, if asked;
+    ``format``: ``nifti`` or ``dicom-seg``, the label map's)."""
 
     scan: Path
     name: str
     output: Path | None = None
     overlay: Path | None = None
+    format: str = "nifti"
 
     @property
     def volumes_json(self) -> Path:
@@ -30,7 +34,7 @@ class ScanJob:
 
 
 def _strip_nifti(name: str) -> str:
-    for suf in NIFTI_SUFFIXES:
+    for suf in (*NIFTI_SUFFIXES, ".dcm"):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
@@ -100,13 +104,14 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
 
 
 def plan_outputs(scans: list[Path], output: str | Path | None, overlay: str | Path | None = None,
-                 profile: str | Path | None = None) -> list[ScanJob]:
-    """Assign each scan its output file ``<name>_seg.nii.gz`` (and overlay PNG).
+                 profile: str | Path | None = None, fmt: str = "nifti") -> list[ScanJob]:
+    """Assign each scan its output file ``<name>_seg.nii.gz`` (``_seg.dcm`` with
+    ``fmt="dicom-seg"``) and overlay PNG.
 
     Args:
         scans: from :func:`expand_inputs`.
-        output: ``-o``: a ``.nii``/``.nii.gz`` file (one scan only) or a folder
-            (default ``./kidedge_out``).
+        output: ``-o``: a ``.nii``/``.nii.gz`` file (``.dcm`` for ``dicom-seg``; one scan
+            only) or a folder (default ``./kidedge_out``).
         overlay: ``--overlay``: the PNG of one scan; with several, the scan's name is
             added to each file's name.
         profile: ``--profile``: checked here only, like the overlay, never to overwrite
@@ -118,7 +123,7 @@ def plan_outputs(scans: list[Path], output: str | Path | None, overlay: str | Pa
     for extra, what in ((profile, "--profile"), (overlay, "--overlay")):
         if extra is not None and Path(extra).resolve() in inputs:
             raise KidedgeError(f"{extra}: {what} would overwrite an input scan")
-    jobs = _name_outputs(scans, output)
+    jobs = _name_outputs(scans, output, fmt)
     if overlay is not None:
         p = Path(overlay)
         for job in jobs:
@@ -128,12 +133,18 @@ def plan_outputs(scans: list[Path], output: str | Path | None, overlay: str | Pa
     return jobs
 
 
-def _name_outputs(scans: list[Path], output: str | Path | None) -> list[ScanJob]:
+def _name_outputs(scans: list[Path], output: str | Path | None, fmt: str) -> list[ScanJob]:
+    if fmt not in OUTPUT_ENDINGS:
+        raise KidedgeError(f"--format {fmt}: not one of {', '.join(OUTPUT_ENDINGS)}")
     out = Path(output) if output is not None else DEFAULT_OUTPUT_DIR
-    if is_nifti(out) and not out.is_dir():
+    is_file = {"nifti": is_nifti(out), "dicom-seg": out.name.lower().endswith(".dcm")}
+    for other, named in is_file.items():
+        if named and other != fmt and not out.is_dir():
+            raise KidedgeError(f"{out}: -o names a {other} file but --format is {fmt}")
+    if is_file[fmt] and not out.is_dir():
         if len(scans) > 1:
             raise KidedgeError(f"{out}: -o must be a folder when segmenting {len(scans)} scans")
-        return [ScanJob(scans[0], scan_name(scans[0]), out)]
+        return [ScanJob(scans[0], scan_name(scans[0]), out, format=fmt)]
     if out.exists() and not out.is_dir():
         raise KidedgeError(f"{out}: -o exists and is not a folder")
     jobs, used = [], set()
@@ -143,5 +154,5 @@ def _name_outputs(scans: list[Path], output: str | Path | None) -> list[ScanJob]
         while name in used:  # two scans with the same name: number the later ones
             name, k = f"{base}_{k}", k + 1
         used.add(name)
-        jobs.append(ScanJob(s, name, out / f"{name}_seg.nii.gz"))
+        jobs.append(ScanJob(s, name, out / f"{name}{OUTPUT_ENDINGS[fmt]}", format=fmt))
     return jobs

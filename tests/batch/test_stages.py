@@ -70,12 +70,9 @@ def test_dicom_seg_format(tmp_path, package):
     # a DICOM series whose pixels hold a CT with kidneys (native = canonical flipped in z)
     hu, _ = make_ct(shape=(8, 32, 32), kidney_slices=(2, 6))
     series = tmp_path / "in" / "ct_series"
-    write_ct_series(series, [(0.0, 0.0, 2.0 * k) for k in range(8)], shape=(32, 32), spacing=(1.0, 1.0))
-    for f in series.iterdir():
-        ds = pydicom.dcmread(f)
-        k = int(round(float(ds.ImagePositionPatient[2]) / 2.0))
-        ds.PixelData = (hu[7 - k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
-        ds.save_as(f)
+    # positions upwards: native slice k is canonical slice 7 - k
+    write_ct_series(series, [(0.0, 0.0, 2.0 * k) for k in range(8)], shape=(32, 32), spacing=(1.0, 1.0),
+                    hu=hu[::-1])
     write_nifti(tmp_path / "in" / "plain.nii.gz", hu, kits_affine())
     scans, base = find_scans(tmp_path / "in")
     rows = _run(plan_items(scans, base, tmp_path / "out", fmt="dicom-seg"), package, fmt="dicom-seg")

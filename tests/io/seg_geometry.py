@@ -128,9 +128,10 @@ def nifti_pixels(nifti_path: Path, source: SourceSeries) -> np.ndarray:
 
 
 def write_ct_series(folder: Path, positions, iop=(1, 0, 0, 0, 1, 0), shape=(6, 7), spacing=(0.75, 0.5),
-                    drop=(), seed=0) -> list[str]:
+                    drop=(), seed=0, hu=None) -> list[str]:
     """A synthetic CT series (file names shuffled, InstanceNumber unrelated to position);
-    ``positions`` are ImagePositionPatient triples, ``drop`` tags to leave out. Returns the
+    ``positions`` are ImagePositionPatient triples, ``drop`` tags to leave out, ``hu`` the
+    images in Hounsfield units (one 2D array per position; default random). Returns the
     SOP Instance UIDs in the order of ``positions``."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -161,7 +162,8 @@ def write_ct_series(folder: Path, positions, iop=(1, 0, 0, 0, 1, 0), shape=(6, 7
         ds.HighBit = 15
         ds.PixelRepresentation = 0
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = rng.integers(0, 2000, size=shape, dtype=np.uint16).tobytes()
+        pixels = rng.integers(0, 2000, size=shape) if hu is None else np.asarray(hu[k]).astype(np.int32) + 1024
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
         for tag in drop:
             if tag in ds:
                 delattr(ds, tag)

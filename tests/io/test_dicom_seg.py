@@ -83,6 +83,13 @@ def test_every_label_lands_on_its_source_pixel(tmp_path, case):
     assert len(np.unique(from_seg)) == int((labels > 0).sum())
     if case != "coronal":
         np.testing.assert_array_equal(from_seg, expected_axial(labels, source))
+    # the runtime's sparse label store gives the same SEG (slice by slice when axial)
+    from kidedge.runtime.labelmap import SparseLabels
+
+    sparse = SparseLabels(labels.shape)
+    sparse.write(0, labels)
+    again = write_dicom_seg(sparse, scan, tmp_path / "sparse.dcm")
+    np.testing.assert_array_equal(seg_pixels_pydicom(again, source), from_seg)
 
 
 def test_frames_only_where_labels_are_and_one_segment_per_class_present(tmp_path):
