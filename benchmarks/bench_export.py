@@ -369,7 +369,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     res = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"models": args.models},
            "models": []}
-    res["settings"]["out"] = str(args.out)
+    res["settings"]["out"] = os.path.relpath(args.out, RESULTS.parent.parent)  # never a path of this machine
     name = "export-quick" if args.quick else "export"
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """The ``kidedge`` command line: one click group, each command a thin wrapper over a
-library call (DESIGN.md, "CLI contract"). Heavy modules (torch, onnx) are imported inside
+library call (docs/architecture.md, "The command line"). Heavy modules (torch, onnx) are imported inside
 the command that needs them, so ``kidedge infer`` and ``kidedge info`` stay lean.
 
 Exit codes: 0 success, 2 user error (one line on stderr), 1 internal failure.

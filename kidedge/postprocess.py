@@ -1,6 +1,6 @@
 """Post-processing of predicted label maps: connected components and volumes in mL.
 
-numpy and scipy.ndimage only (no torch: DESIGN.md, "Dependency direction"). Works on
+numpy and scipy.ndimage only (no torch: docs/architecture.md, "What may import what"). Works on
 canonical uint8 label maps (slice, row, col) with 0 background, 1 kidney, 2 tumour,
 3 cyst. Every step crops to the bounding box of the foreground first, so on a
 512x512x600 scan the component labelling runs over the kidney region, not 157 M voxels.

@@ -3,13 +3,14 @@
 One numpy implementation, parameterised by a small :class:`PreprocessSpec`. Training,
 int8 calibration and the runtime all call :func:`preprocess_slices`; the spec travels in
 the checkpoint and in the model package, so a package carries everything needed to run
-it. No other module may re-implement any of this (DESIGN.md, "Preprocessing contract").
+it. No other module may re-implement any of this (docs/architecture.md, "Preprocessing
+contract").
 
 Conventions
 -----------
 * Input slices are canonical (``array[k]`` is an axial slice, rows anterior->posterior,
-  columns patient right->left; see DESIGN.md "Geometry"), in Hounsfield units or in the
-  raw stored integers plus a rescale slope/intercept.
+  columns patient right->left; see docs/architecture.md, "Geometry"), in Hounsfield units
+  or in the raw stored integers plus a rescale slope/intercept.
 * Output is float32 ``(n, channels, height, width)`` (NCHW), ready for a 2D network.
 * Resampling is linear, with the pixel-centre convention of ``align_corners=False``, and
   anti-aliased when shrinking (a triangle filter widened by the scale factor), done as

@@ -1,4 +1,4 @@
-"""Scans in and out: NIfTI files, DICOM series, dataset layouts (DESIGN.md, "Geometry").
+"""Scans in and out: NIfTI files, DICOM series, dataset layouts (docs/architecture.md, "Geometry").
 
 Never imports torch. The public API:
 

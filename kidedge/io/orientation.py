@@ -1,4 +1,4 @@
-"""The one canonical orientation (DESIGN.md, "Geometry") and the exact way to and from it.
+"""The one canonical orientation (docs/architecture.md, "Geometry") and the exact way to and from it.
 
 Canonical is KiTS19's: array axes (slice, row, column) with nibabel axis codes
 ('I', 'P', 'L'). Going there and back is only transposes and flips (nibabel's

@@ -1,9 +1,10 @@
 """Kidney-Net (3D): stage 1 of the two-stage cascade of paper 003.
 
-Paper: /work/shared/papers/003_7f4f92ef1db3591e.txt, section 2.1 and Fig. 3(a): "a
-u-shaped network which only contains three pooling layers", encoder/decoder blocks of
-"two convolution layers with batch normalization (BN) and rectified linear unit (ReLU)",
-trained with the Dice loss (eq. 1) on 256x256x16 patches.
+Paper 003, "Kidney and kidney tumor segmentation using a two-stage cascade framework
+(KiTS21)", section 2.1 and Fig. 3(a): "a u-shaped network which only contains three
+pooling layers", encoder/decoder blocks of "two convolution layers with batch
+normalization (BN) and rectified linear unit (ReLU)", trained with the Dice loss (eq. 1)
+on 256x256x16 patches.
 
 Parts:
 * encoder: a double-conv block at full resolution, then three (max-pool 2x2x2 + double

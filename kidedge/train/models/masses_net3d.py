@@ -1,12 +1,13 @@
 """Masses-Net (3D): stage 2 of the two-stage cascade of paper 003.
 
-Paper: /work/shared/papers/003_7f4f92ef1db3591e.txt, section 2.2, Fig. 3(b) and Fig. 4:
-input and output blocks are residual blocks; "four pooling operations and four encoder
-blocks"; encoder/decoder blocks are multi-dimension feature (MDF) modules: a 3D branch
-of two 3x3x3 convolutions and an anisotropic 3x3x1 branch (in-plane, i.e. (1, 3, 3) in
-our (D, H, W) order), concatenated, then CBAM (channel attention then spatial attention,
-Woo et al. 2018), plus the input (eq. 3: ``F_sam(F_cam(m_c)) + x``); deep supervision on
-the outputs of the last three decoder blocks (eq. 7). Loss: 0.5 Dice + 0.5 weighted CE.
+Paper 003, "Kidney and kidney tumor segmentation using a two-stage cascade framework
+(KiTS21)", section 2.2, Fig. 3(b) and Fig. 4: input and output blocks are residual blocks;
+"four pooling operations and four encoder blocks"; encoder/decoder blocks are
+multi-dimension feature (MDF) modules: a 3D branch of two 3x3x3 convolutions and an
+anisotropic 3x3x1 branch (in-plane, i.e. (1, 3, 3) in our (D, H, W) order), concatenated,
+then CBAM (channel attention then spatial attention, Woo et al. 2018), plus the input (eq.
+3: ``F_sam(F_cam(m_c)) + x``); deep supervision on the outputs of the last three decoder
+blocks (eq. 7). Loss: 0.5 Dice + 0.5 weighted CE.
 
 Parts:
 * encoder: input residual block (``base``), four (max-pool 2 + MDF) stages, widths

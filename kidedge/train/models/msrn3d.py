@@ -1,11 +1,12 @@
 """Multi-scale residual network (3D) of paper 002.
 
-Paper: /work/shared/papers/002_5952eca0a69031ad.txt, section 2 and Figs. 2-3: the
-segmentation network works on 128x128x80 patches around the kidney; "multiple scale
-residual blocks (MRB)" use "cascade of 3x3 kernel convolution layer to obtain a bigger
-receptive field, then concatenates all the features with a residual shortcut" with "a
-1x1 convolution layer used for dimensionality reduction"; "more transpose convolution
-layers are added" "to acquire more semantic features in the lower layers".
+Paper 002, "Automatic segmentation of kidney and kidney tumor based on 3D CNNs (KiTS19)",
+section 2 and Figs. 2-3: the segmentation network works on 128x128x80 patches around the
+kidney; "multiple scale residual blocks (MRB)" use "cascade of 3x3 kernel convolution
+layer to obtain a bigger receptive field, then concatenates all the features with a
+residual shortcut" with "a 1x1 convolution layer used for dimensionality reduction"; "more
+transpose convolution layers are added" "to acquire more semantic features in the lower
+layers".
 
 Parts:
 * encoder: stem conv, then four levels of (MRB, then a strided 2x2x2 conv down), widths

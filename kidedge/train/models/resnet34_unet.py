@@ -1,8 +1,8 @@
 """ResNet34 U-Net (2D): paper 000's comparison model and paper 001's two phases.
 
-Papers: /work/shared/papers/000_1f71a6af31f7b119.txt section IV (ResNet model, Dice 99.05
-"dice_multi"); /work/shared/papers/001_9ecc7bd05af9f00a.txt section 4.2 ("U-Net base
-model ... encoder path is based on a pre-trained ResNet34").
+Papers: 000, "A Novel Deep-Learning Based Segmentation Of Kidney Tumor (KiTS19)", section
+IV (ResNet model, Dice 99.05 "dice_multi"); 001, "Kidney Tumor Segmentation (KiTS21)",
+section 4.2 ("U-Net base model ... encoder path is based on a pre-trained ResNet34").
 
 Parts (segmentation-models-pytorch ``Unet("resnet34")``):
 * encoder: ResNet34 (conv1 7x7/2, 4 residual stages), first conv for ``in_channels``,

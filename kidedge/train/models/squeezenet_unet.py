@@ -1,7 +1,8 @@
 """SqueezeNet U-Net (2D): the compute-light model of paper 000.
 
-Paper: /work/shared/papers/000_1f71a6af31f7b119.txt, section III (Methodology): "Our model
-was built with squeezeNet and u-net learner", fire modules (squeeze 1x1, expand 1x1 + 3x3).
+Paper 000, "A Novel Deep-Learning Based Segmentation Of Kidney Tumor (KiTS19)", section
+III (Methodology): "Our model was built with squeezeNet and u-net learner", fire modules
+(squeeze 1x1, expand 1x1 + 3x3).
 
 Parts:
 * encoder: torchvision ``squeezenet1_1().features`` (conv + 8 fire modules, 3 max pools),
