@@ -26,7 +26,9 @@ def format_summary(scan_report: dict) -> str:
         ("scan", f"{scan_report.get('scan')}  {tuple(scan_report.get('shape', ()))}"),
         ("backend", scan_report.get("backend", "?")),
         ("wall", f"{_fmt(p.get('wall_s'), ' s', 2)}   {_fmt(p.get('slices_per_s'), ' slices/s', 1)}"),
-        ("latency/slice", f"p50 {_fmt(lat.get('p50'), ' ms')}  p95 {_fmt(lat.get('p95'), ' ms')}  p99 {_fmt(lat.get('p99'), ' ms')}"),
+        # a 3D package's latency is per window (its patch), the 2D runtime's per slice
+        ("latency/window" if "window" in str(p.get("info", {}).get("latency_unit", "")) else "latency/slice",
+         f"p50 {_fmt(lat.get('p50'), ' ms')}  p95 {_fmt(lat.get('p95'), ' ms')}  p99 {_fmt(lat.get('p99'), ' ms')}"),
         ("stages", "  ".join(f"{k} {1000 * v:.0f}ms" for k, v in p.get("stages_s", {}).items())),
         ("peak RSS", f"{_fmt(p.get('peak_rss_mb'), ' MiB')} (process high-water mark {_fmt(p.get('max_rss_mb'), ' MiB')})"),
     ]

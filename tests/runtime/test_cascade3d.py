@@ -286,6 +286,7 @@ def test_kidedge_infer_runs_a_3d_package(tiny3d, tmp_path):
     r = CliRunner().invoke(main, ["infer", str(ras_path), "--model", str(pkg.source), "-o", str(out),
                                   "--backend", "onnxruntime", "--precision", "fp32", "--profile", str(profile)])
     assert r.exit_code == 0, r.output
+    assert "latency/window" in r.output and "stage 2 skipped" in r.output
     img, src = nib.load(str(out)), nib.load(str(ras_path))
     assert img.shape == src.shape and np.allclose(img.affine, src.affine)
     with Segmenter(pkg, select_backend(pkg, "onnxruntime", "fp32"), threads=1) as seg:
