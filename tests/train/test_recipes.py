@@ -9,12 +9,13 @@ from kidedge.errors import KidedgeError
 from kidedge.train.models import REGISTRY, build_model
 from kidedge.train.recipes import load_recipe, recipe_names
 
+#: recipe -> the title of the paper it cites (papers are cited by title and section)
 PAPER_RECIPES = {
-    "squeezenet_unet_kits19": "000_1f71a6af31f7b119",
-    "resnet34_unet_kits19": "000_1f71a6af31f7b119",
-    "cascade2d_kits21": "001_9ecc7bd05af9f00a",
-    "msrn3d_kits19": "002_5952eca0a69031ad",
-    "cascade3d_kits21": "003_7f4f92ef1db3591e",
+    "squeezenet_unet_kits19": "A Novel Deep-Learning Based Segmentation Of Kidney Tumor (KiTS19)",
+    "resnet34_unet_kits19": "A Novel Deep-Learning Based Segmentation Of Kidney Tumor (KiTS19)",
+    "cascade2d_kits21": "Kidney Tumor Segmentation (KiTS21)",
+    "msrn3d_kits19": "Automatic segmentation of kidney and kidney tumor based on 3D CNNs (KiTS19)",
+    "cascade3d_kits21": "Kidney and kidney tumor segmentation using a two-stage cascade framework (KiTS21)",
 }
 
 
@@ -25,7 +26,7 @@ def test_every_paper_recipe_is_built_in():
 @pytest.mark.parametrize("name", sorted(PAPER_RECIPES))
 def test_recipe_parses_names_its_paper_and_builds_its_models(name):
     r = load_recipe(name)
-    assert r["name"] == name and PAPER_RECIPES[name] in r["source"]
+    assert r["name"] == name and PAPER_RECIPES[name] in r["source"] and "section" in r["source"]
     assert r["split"] == {"seed": 0, "train": 0.8, "val": 0.1, "test": 0.1}
     for st in r["stages"]:
         assert REGISTRY[st["arch"]][2] == r["dimensionality"]
