@@ -145,7 +145,7 @@ def make_anatomical_phantom(seed, body: BodySource, kidneys: KidneySource | None
     body_y = (y0 - wall, max(y1, ao[1]) + rng.uniform(85, 120))
     half_w = (max(mid_x - x0, x1 - mid_x) + wall) * scale[2]
     half_d = 0.5 * (body_y[1] - body_y[0]) * scale[1]
-    need = 2 * max(half_w, half_d + 12) + 10
+    need = (2 * max(half_w, half_d + 12) + 10) * rng.uniform(1.05, 1.35)
     # 0.62-0.98 mm for 512 columns (the pixel sizes of abdominal CT), at most 1 mm; a
     # smaller matrix (tests) scales the same field of view.
     unit = 512.0 / rows
@@ -188,8 +188,8 @@ def make_anatomical_phantom(seed, body: BodySource, kidneys: KidneySource | None
     painter._bladder_level = float(rng.uniform(0.3, 0.7))
     painter.bowel_field = SmoothField(rng, grid.shape, fine_sp, grid_mm=9.0, sigma_cells=1.0, channels=3)
     painter.bowel_level = float(rng.uniform(-0.6, 0.6))
-    painter.bowel_width = float(rng.uniform(0.22, 0.4))
-    painter.bowel_patch = float(rng.uniform(-1.0, 0.3))
+    painter.bowel_width = float(rng.uniform(0.15, 0.32))
+    painter.bowel_patch = float(rng.uniform(-0.8, 0.5))
     balls = plan_lesions(rng, coarse, coarse_s, coarse_mm)
     fields = SmoothField(rng, grid.shape, fine_sp, grid_mm=5.0, sigma_cells=1.2, channels=3)
     wobble = SmoothField(rng, grid.shape, fine_sp, grid_mm=10.0, sigma_cells=1.2, channels=1)

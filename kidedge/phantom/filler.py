@@ -131,12 +131,19 @@ def compute_anchors(rng, plan: BodyPlan, coarse: np.ndarray, coarse_mm: tuple,
         v[:] = _fill(v, has_any, float(np.mean(v[has_any])) if has_any.any() else mid_x)
     shrink = 1.0 - float(plan.harmonics[:, 1].sum())
     fat_side = plan.fat_mm * (1 + plan.fat_aniso)
-    lateral = plan.skin_mm + fat_side + plan.muscle_mm + rng.uniform(8, 30)
-    # The trunk is close to a cylinder from the lower chest to the hips: its width and
-    # front are those of the widest and most anterior organs, wherever they are.
-    half = np.full(n, float(np.max(np.maximum(sx - xlo, xhi - sx)))) + lateral
-    y_ant = np.full(n, float(np.min(ylo))) - (plan.skin_mm + fat_side + plan.muscle_mm
-                                              + rng.uniform(3, 30))
+    lateral = plan.skin_mm + fat_side + plan.muscle_mm + rng.uniform(0, 10)
+    # The trunk does not narrow below the liver (bowel fills it) nor into the pelvis: from
+    # the level of the widest (most anterior) organs downwards the envelope holds that
+    # extent; above it, the widest extent within 15 cm, so the liver and spleen touch the
+    # wall at their own level while the lower chest stays as wide as the upper abdomen.
+    idx = np.arange(n)
+    w = 2 * max(1, int(round(150.0 / dz))) + 1
+    ext = np.maximum(sx - xlo, xhi - sx)
+    k_w = int(np.argmax(ext))
+    half = np.where(idx >= k_w, ext.max(), ndimage.maximum_filter1d(ext, w, mode="nearest")) + lateral
+    k_a = int(np.argmin(ylo))
+    front = np.where(idx >= k_a, ylo.min(), ndimage.minimum_filter1d(ylo, w, mode="nearest"))
+    y_ant = front - (plan.skin_mm + fat_side + plan.muscle_mm + rng.uniform(0, 12))
     back = plan.vry + rng.uniform(55, 72) + plan.fat_mm * 0.8 + plan.skin_mm
     y_post = np.maximum(sy + back, yhi + plan.skin_mm + plan.fat_mm * 0.8 + 4)
     a = ndimage.gaussian_filter1d(half / shrink, 2 * sig, mode="nearest")
@@ -157,7 +164,7 @@ def compute_anchors(rng, plan: BodyPlan, coarse: np.ndarray, coarse_mm: tuple,
         bif_s = float(coarse_s[-1] + rng.uniform(20, 60))
     dome_s = float(coarse_s[liver_rows[0]]) if liver_rows else float(coarse_s[0])
     real = np.interp(fine_s, coarse_s, has_ao.astype(float)) > 0.5
-    diaphragm = _diaphragm(coarse, coarse_s, coarse_mm)
+    diaphragm = _diaphragm(coarse, coarse_s, coarse_mm, lift_mm=rng.uniform(0.0, 50.0))
     return Anchors(sx=fine(sx), sy=fine(sy), ax=fine(ax), ay=fine(ay), ar=fine(ar),
                    aorta_real=real, cx=fine(cx), cy=fine(cy), a=fine(a),
                    b_ant=fine(b * ratio), b_post=fine(b * (2 - ratio)), dome_s=dome_s, bif_s=bif_s,
@@ -168,18 +175,21 @@ _UNDER_DIAPHRAGM = (A.LIVER, A.SPLEEN, A.STOMACH, A.GALLBLADDER, A.PANCREAS, A.K
                     A.KIDNEY_L, A.ADRENAL, A.DUODENUM, A.SMALL_BOWEL, A.COLON)
 
 
-def _diaphragm(coarse, coarse_s, coarse_mm) -> np.ndarray:
+def _diaphragm(coarse, coarse_s, coarse_mm, lift_mm: float = 0.0) -> np.ndarray:
     """The diaphragm as a height map: for each in-plane cell, s (mm) of the highest
     abdominal organ below it, filled in from the nearest organ where there is none and
-    smoothed (~1 cm), so the lungs end on a dome over the real liver and spleen."""
+    smoothed (~1 cm), so the lungs end on a dome over the real liver and spleen. Cells
+    with no organ under them (beside and in front of the liver) are lifted by up to
+    ``lift_mm`` with their distance from the organs: how far the costophrenic recesses
+    reach down varies between patients."""
     under = np.isin(coarse, _UNDER_DIAPHRAGM)
     any_col = under.any(axis=0)
     if not any_col.any():
         return np.full(coarse.shape[1:], float(coarse_s[0]))
     first = np.argmax(under, axis=0)
     top = coarse_s[first].astype(np.float64)
-    _, (ri, ci) = ndimage.distance_transform_edt(~any_col, return_indices=True)
-    top = top[ri, ci]
+    dist, (ri, ci) = ndimage.distance_transform_edt(~any_col, return_indices=True)
+    top = top[ri, ci] - lift_mm * (1.0 - np.exp(-dist * coarse_mm[0] / 20.0))
     return ndimage.gaussian_filter(top, max(1.0, 10.0 / coarse_mm[0]), mode="nearest")
 
 
@@ -273,6 +283,61 @@ class AnchoredPainter(SlicePainter):
         self.liver_vessels(codes, f, fields)
         self.renal_vessels(codes, zk)
         return codes, body
+
+    def wall(self, k: int, wobble=None):
+        """Skin, subcutaneous fat, and an abdominal wall whose muscle is thick in front
+        (paired recti, a thin linea alba between them), layered at the sides (the
+        obliques, split by thin fat planes) and thin behind (the back muscles are drawn
+        apart); visceral fat inside."""
+        p = self.p
+        self.wobble = wobble.slice(k)[0] if wobble is not None else None
+        codes = np.zeros((self.rows, self.cols), np.uint8)
+        depth, below_fat = self.outline_depth(k)
+        body = depth > 0
+        codes[body] = T.SKIN
+        codes[depth > p.skin_mm] = T.SUBCUT_FAT
+        dx = self.X - np.float32(p.cx)
+        dy = self.Y - np.float32(p.cy)
+        r = np.sqrt(dx * dx + dy * dy) + np.float32(1e-3)
+        sin_t = dy / r
+        cos2 = (dx / r) ** 2
+        m = p.muscle_mm * (0.7 + 0.45 * np.clip(-sin_t, 0, None) ** 2 - 0.3 * np.clip(sin_t, 0, None))
+        m = np.where((np.abs(dx) < 5.0) & (sin_t < -0.7), np.float32(2.0), m.astype(np.float32))
+        inner = below_fat - np.float32(p.skin_mm)
+        codes[(inner > 0) & (inner <= m)] = T.MUSCLE
+        plane = (cos2 > 0.45) & (np.abs(inner - 0.5 * m) < 0.7)
+        codes[plane & (inner > 0)] = T.SUBCUT_FAT
+        cavity = inner > m
+        codes[cavity] = T.VISCERAL_FAT
+        return codes, body, cavity
+
+    def _ribs(self, codes, k, zk, body):
+        """Ribs cut obliquely in the wall: elongated along it at the sides, shorter in
+        front and behind; costal cartilage in front; below the costal margin none."""
+        p = self.p
+        for theta in np.linspace(-np.pi, np.pi, 30, endpoint=False):
+            ct, st_ = float(np.cos(theta)), float(np.sin(theta))
+            if st_ > 0.9 or st_ < -0.97:
+                continue
+            margin = -35 + 70 * max(0.0, -st_) ** 1.5 + 15 * (1 - abs(ct))
+            if zk < margin:
+                continue
+            band = np.sin(2 * np.pi * (zk + p.rib_phase + 20 * st_) / p.rib_period)
+            if band < 0.2:
+                continue
+            b = p.b_ant if st_ < 0 else p.b_post
+            r_b = 1.0 / np.sqrt((ct / p.a) ** 2 + (st_ / b) ** 2)
+            fat = p.fat_mm * (1 + p.fat_aniso * (ct * np.cos(p.fat_phase) + st_ * np.sin(p.fat_phase))
+                              - 0.35 * max(st_, 0.0))
+            r = r_b - p.skin_mm - fat - p.muscle_mm * 0.6
+            x, y = p.cx + r * ct, p.cy + r * st_
+            ang = theta + np.pi / 2
+            length = 6.0 + 7.0 * abs(ct) * (0.6 + 0.4 * band)
+            if st_ < -0.45:
+                self.ellipse(codes, T.CARTILAGE, x, y, length, 4.5, ang, where=body)
+            else:
+                self.ellipse(codes, T.BONE_CORTEX, x, y, length, 5.0, ang, where=body)
+                self.ellipse(codes, T.BONE_MARROW, x, y, length - 2.0, 3.0, ang, where=body)
 
     def _lungs(self, codes, f, zk, cavity):
         """Lungs above the diaphragm height map; heart and mediastinum above the dome."""

@@ -34,9 +34,12 @@ class PelvisPainter:
 
     def __init__(self, rng, has_bladder: bool = False):
         self.crest_below_bif = float(rng.uniform(-5, 25))
-        self.wing_r = float(rng.uniform(80, 95))
-        self.wing_dx = float(rng.uniform(38, 50))
-        self.wing_dy = float(rng.uniform(-80, -62))
+        # Each wing is an arc of a circle centred in front of the spine, from the
+        # sacroiliac joint (about 4 cm lateral, 1.5 cm behind the vertebral centre) to the
+        # anterior superior iliac spine (about 11 cm lateral, 6-7 cm in front of it).
+        self.wing_r = float(rng.uniform(112, 128))
+        self.wing_dx = float(rng.uniform(-5, 5))
+        self.wing_dy = float(rng.uniform(-105, -90))
         self.iliacus_mm = float(rng.uniform(12, 22))
         self.glut_mm = float(rng.uniform(18, 30))
         self.bladder_top = float(rng.uniform(70, 120))
@@ -102,18 +105,18 @@ class PelvisPainter:
             cy = sy + self.wing_dy
             if d < 95:
                 t = d / 95
-                r = self.wing_r * (1 - 0.2 * t)
+                r = self.wing_r
                 thick = 5 + 9 * t
-                th0 = -8 + 45 * t
+                th0 = 16 + 30 * t
                 self._arc(painter, codes, T.MUSCLE, cx, cy, r + thick / 2, r + thick / 2 + self.glut_mm,
-                          th0 - 5, 92, side, where=body, only=soft)
+                          th0 - 4, 74, side, where=body, only=soft)
                 self._arc(painter, codes, T.MUSCLE, cx, cy, r - thick / 2 - self.iliacus_mm,
-                          r - thick / 2, th0 + 5, 80, side, where=body, only=soft)
+                          r - thick / 2, th0 + 3, 66, side, where=body, only=soft)
                 self._arc(painter, codes, T.BONE_CORTEX, cx, cy, r - thick / 2, r + thick / 2,
-                          th0, 95, side, where=body)
+                          th0, 72, side, where=body)
                 if thick > 7:
                     self._arc(painter, codes, T.BONE_MARROW, cx, cy, r - thick / 2 + 1.8,
-                              r + thick / 2 - 1.8, th0 + 2, 93, side, where=body)
+                              r + thick / 2 - 1.8, th0 + 1.5, 70.5, side, where=body)
             # Psoas over the pelvic brim, joining the iliacus.
             if d < 110:
                 u = min(1.0, d / 80)
@@ -121,7 +124,7 @@ class PelvisPainter:
                 py = sy - 0.2 * p.vry - 35 * u
                 painter.ellipse(codes, T.MUSCLE, px, py, 22 - 4 * u, 18, where=body, only=soft, wob=0.08)
             # Acetabulum (medial to the head) and the femoral head in it.
-            hx, hy = sx + side * (self.wing_dx + 52), sy + self.wing_dy + 45
+            hx, hy = sx + side * 95, sy - 35
             if 80 < d < 140:
                 ax = hx - side * 16
                 painter.ellipse(codes, T.BONE_CORTEX, ax, hy + 6, 19, 30, side * 0.3, where=body)
