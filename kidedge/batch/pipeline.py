@@ -25,10 +25,12 @@ errored blocks are dropped instead of failing the run, the actor pool replaces t
 worker, and the lost scan is listed as failed. A rerun does every scan not finished.
 
 Ray: without ``ray_address`` a private local Ray is started for this run (``workers``
-CPUs, no dashboard, a bounded object store) and shut down at the end, even on error or
-Ctrl-C. With an address (``auto``, ``host:6379``, ``ray://host:10001``) the run joins that
-cluster as it is (nothing on it is configured or shut down; only this driver disconnects);
-its nodes need kidedge installed and the same paths for INPUT and OUT (shared storage).
+CPUs, no dashboard, a bounded object store; even where ``RAY_ADDRESS`` names a cluster) and
+shut down at the end, even on error or Ctrl-C. With an address (``auto``, ``host:6379``,
+``ray://host:10001``) the run joins that cluster as it is (nothing on it is configured or
+shut down; only this driver disconnects); its nodes need kidedge installed and the same
+paths for INPUT and OUT (shared storage), and Ray's own settings apply (e.g.
+``RAY_AUTH_MODE=token`` and the cluster's token where it requires one).
 """
 
 from __future__ import annotations
@@ -75,9 +77,11 @@ def ray_session(address: str | None, workers: int):
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False,
+            # "local": a new private Ray even where RAY_ADDRESS names a cluster
+            ray.init(address="local", num_cpus=workers, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_MB * 1024 * 1024, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        ray.shutdown()  # whatever a failed start left behind
         where = f"--ray-address {address}" if address else "local Ray"
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise KidedgeError(f"{where}: cannot start or connect ({msg[:200]})") from None

@@ -36,3 +36,16 @@ def test_scans_that_never_came_back_are_listed_as_failed(tmp_path, archive):
     lines = account(items, got)
     assert [line["status"] for line in lines] == ["done", "failed"]
     assert "worker died" in lines[1]["error"]
+
+
+def test_cli_without_ray_exits_2_with_one_line(tmp_path, monkeypatch, archive):
+    from click.testing import CliRunner
+
+    from kidedge.cli import main
+
+    root, _ = archive
+    monkeypatch.setitem(sys.modules, "ray", None)
+    r = CliRunner().invoke(main, ["batch", str(root), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == ["kidedge: error: kidedge batch needs Ray: pip install "
+                                             "'kidedge[cluster]' (missing ray)"]
