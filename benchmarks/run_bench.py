@@ -1,13 +1,15 @@
-"""Latency benchmark: kidedge against the papers' way and MONAI (issue 7).
+"""Latency benchmark: kidedge against the same-work papers' way and MONAI (issues 7, 13).
 
-A thin script over :func:`kidedge.bench.run_bench` (what ``kidedge bench`` runs),
+A thin script over :func:`kidedge.bench.run.run_bench` (what ``kidedge bench`` runs),
 with the knobs a benchmark session needs. Results go to
-``benchmarks/results/<machine>/`` (bench.json, bench.md, latency.png, memory.png).
+``benchmarks/results/<machine>/`` (bench.json, bench.md, latency.png, memory.png, curve.png).
 
-    .venv/bin/python benchmarks/run_bench.py                 # full: ~60, 250, 600+ slices
-    .venv/bin/python benchmarks/run_bench.py --quick         # one small scan, < 2 min idle
-    .venv/bin/python benchmarks/run_bench.py --untrained     # no shipped package yet: export
-                                                             # kidedge_default untrained first
+    nice -n 5 .venv/bin/python benchmarks/run_bench.py          # full: ~60, 250, 600 slices
+                                                                # + the 100..1000-slice curve
+    .venv/bin/python benchmarks/run_bench.py --quick            # one small scan, < 2 min idle
+    .venv/bin/python benchmarks/run_bench.py --curve none       # full, without the curve
+    .venv/bin/python benchmarks/run_bench.py --untrained        # no shipped package yet: export
+                                                                # kidedge_default untrained first
 
 Without ``--model`` the package shipped in kidedge is used; ``--untrained`` exports the
 kidedge_default networks with random weights instead (same work per slice, so the same
@@ -35,6 +37,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, help="runs per cheap variant on short scans (default 3)")
     ap.add_argument("--only", help="variant names to run, comma-separated")
     ap.add_argument("--note", action="append", help="a line for the report's notes (repeatable)")
+    ap.add_argument("--curve", help="slice counts of the time-and-memory curve, comma-separated "
+                                    "(default for a full run: 100,200,400,600,800,1000; 'none' skips it)")
     ap.add_argument("--rewrite-report", metavar="DIR",
                     help="re-render DIR/bench.md and the plots from DIR/bench.json (no measuring)")
     args = ap.parse_args()
@@ -53,12 +57,18 @@ def main() -> int:
         scans = [BenchScan(d["name"], Path(d["image"]), Path(d["truth"]), d["slices"], tuple(d["shape"]),
                            tuple(d["spacing_mm"]), d["source"]) for d in results["scans"]]
         variants = [Variant(**v) for v in results["variants"]]
-        results["targets"] = evaluate_targets(scans, variants, results["summary"])
+        results["targets"] = evaluate_targets(scans, variants, results["summary"], results.get("curve"))
         write_report(results, folder)
         return 0
 
     from kidedge.bench.run import run_bench
+    from kidedge.bench.scans import CURVE_TARGETS
     from kidedge.errors import KidedgeError
+
+    if args.curve:
+        curve = None if args.curve == "none" else tuple(int(t) for t in args.curve.split(","))
+    else:
+        curve = None if args.quick or args.only or args.targets else CURVE_TARGETS
 
     model = args.model
     work = Path(args.work_dir or os.environ.get("KIDEDGE_BENCH_CACHE", Path.home() / ".cache" / "kidedge" / "bench"))
@@ -74,7 +84,8 @@ def main() -> int:
                 export_untrained_package(model, int8=True, calib_method="minmax")
         return run_bench(quick=args.quick, out=args.out, model=model, labels=args.labels, work_dir=work,
                          targets=tuple(int(t) for t in args.targets.split(",")) if args.targets else None,
-                         repeats=args.repeats, only=args.only.split(",") if args.only else None, notes=args.note)
+                         repeats=args.repeats, only=args.only.split(",") if args.only else None, notes=args.note,
+                         curve=curve)
     except KidedgeError as exc:
         print(f"run_bench: error: {exc}", file=sys.stderr)
         return 2

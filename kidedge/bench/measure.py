@@ -102,12 +102,12 @@ def _runner(spec: dict):
         from kidedge.bench.baselines import PapersWay
 
         return PapersWay(spec["model"], batch=spec.get("batch", 16), threads=spec.get("threads"),
-                         image=spec["image"], out=spec["out"])
+                         image=spec["image"], out=spec["out"], region=spec.get("region", True))
     if kind == "monai":
         from kidedge.bench.baselines import MonaiSliceInferer
 
         return MonaiSliceInferer(spec["model"], batch=spec.get("batch", 16), threads=spec.get("threads"),
-                                 image=spec["image"], out=spec["out"])
+                                 image=spec["image"], out=spec["out"], region=spec.get("region", True))
     if kind == "kidedge":
         from kidedge.bench.kidedge_variant import KidedgeRunner
 

@@ -132,6 +132,7 @@ def markdown_report(results: dict) -> str:
                 lines.append(f"- {variants[r['variant']]['label']}: {parts}{extra}")
             lines.append("")
 
+    lines += _curve_lines(results.get("curve"))
     plots = results.get("plots") or {}
     if plots:
         lines += ["## Plots", ""]
@@ -142,6 +143,60 @@ def markdown_report(results: dict) -> str:
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _curve_lines(curve: dict | None) -> list[str]:
+    """The curve as a table: seconds and peak RSS per scan length and variant."""
+    if not curve or not curve.get("rows"):
+        return []
+    labels = {v["name"]: v["label"] for v in curve["variants"]}
+    by = {(r["slices"], r["variant"]): r for r in curve["rows"]}
+    slices = sorted({r["slices"] for r in curve["rows"]})
+    names = [v["name"] for v in curve["variants"]]
+    lines = ["## Time and memory against scan length", "",
+             "One run per scan and variant (fresh process each), phantoms of "
+             + ", ".join(f"{s['slices']} slices ({s.get('source', '?')})" for s in curve.get("scans", []))
+             + f", {', '.join(sorted({r['layout'] for r in curve['rows']}))} file layout; seconds per scan / "
+             "peak RSS in MB. Plot: curve.png.", "",
+             "| variant | " + " | ".join(f"{n} slices" for n in slices) + " |",
+             "| --- |" + " ---: |" * len(slices)]
+    for name in names:
+        cells = []
+        for n in slices:
+            r = by.get((n, name))
+            cells.append("-" if r is None else ("failed" if not r["ok"] else
+                                                f"{r['seconds']:.1f} s / {r['peak_rss_mb']:.0f} MB"))
+        lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def plot_curve(curve: dict, path: Path, machine_label: str) -> None:
+    """Two panels against slices per scan: seconds per scan, and peak RSS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for v in curve["variants"]:
+        pts = sorted((r["slices"], r["seconds"], r["peak_rss_mb"]) for r in curve["rows"]
+                     if r["variant"] == v["name"] and r["ok"])
+        if not pts:
+            continue
+        style = "--" if v["kind"] == "baseline" else (":" if v["kind"] == "floor" else "-")
+        for ax, k in ((ax_t, 1), (ax_m, 2)):
+            ax.plot([p[0] for p in pts], [p[k] for p in pts], style, marker="o", label=v["label"])
+    ax_t.set_ylabel("seconds per scan")
+    ax_t.set_yscale("log")
+    ax_m.set_ylabel("peak RSS (MB)")
+    for ax in (ax_t, ax_m):
+        ax.set_xlabel("slices in scan (512 x 512)")
+        ax.grid(alpha=0.3)
+    ax_m.legend(fontsize=7)
+    fig.suptitle(f"Time and memory against scan length ({machine_label})", fontsize=10)
+    fig.tight_layout()
+    save_png_atomic(fig, path, dpi=110)
+    plt.close(fig)
 
 
 def plot_latency(results: dict, path: Path) -> None:
@@ -223,6 +278,10 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
              "latency": out / "latency.png", "memory": out / "memory.png"}
     plot_latency(results, paths["latency"])
     plot_memory(results, paths["memory"])
+    if (results.get("curve") or {}).get("rows"):
+        paths["curve"] = out / "curve.png"
+        results["plots"]["Seconds per scan and peak RSS against scan length"] = "curve.png"
+        plot_curve(results["curve"], paths["curve"], results["machine_label"])
     write_text_atomic(paths["json"], json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
     write_text_atomic(paths["md"], markdown_report(results))
     return paths

@@ -27,6 +27,8 @@ from kidedge.io.writer import save_volume, write_json_atomic
 FULL_TARGETS = (60, 250, 600)
 #: The quick benchmark: one small scan.
 QUICK_TARGETS = (30,)
+#: The time-and-memory curve of the full benchmark (issue 13: 100 to 1000 slices).
+CURVE_TARGETS = (100, 200, 400, 600, 800, 1000)
 #: In-plane size of synthetic scans (KiTS19 slices are 512 x 512).
 SYNTHETIC_ROWS_COLS = (512, 512)
 #: Synthetic scans: 3 mm slices and a 400 mm field of view (0.78 mm pixels at 512 x 512),

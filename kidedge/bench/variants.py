@@ -24,6 +24,10 @@ class Variant:
         runner: ``floor``, ``papers``, ``monai`` or ``kidedge`` (the child's runner).
         backend, precision, gate: for kidedge variants.
         expensive: runs every slice at full resolution (repeated less on long scans).
+        region: for baselines on a cascade: the segmenter on the localiser's region only
+            (True: kidedge's work) or on every whole slice (False: paper 001, extra work).
+        extra: not kidedge's work (whole slices); reported as a separately named row,
+            never in a headline ratio.
     """
 
     name: str
@@ -34,29 +38,45 @@ class Variant:
     precision: str | None = None
     gate: bool | None = None
     expensive: bool = False
+    region: bool | None = None
+    extra: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def plan_variants(package, quick: bool = False, monai: bool | None = None, torch: bool | None = None) -> list[Variant]:
+#: The variant the headline ratios are about: what ``kidedge infer`` picks on a CPU.
+DEFAULT_VARIANT = "ort-int8-cpu-gated"
+
+
+def plan_variants(package, quick: bool = False, monai: bool | None = None, torch: bool | None = None,
+                  curve: bool = False) -> list[Variant]:
     """The variants to run for ``package`` on this machine.
 
-    kidedge runs onnxruntime (CPU here) for each ONNX precision the package carries (fp16
-    only where a GPU exists: onnxruntime's CPU provider has no fast fp16), gated and not
-    gated for a cascade; the torch backend fp32 (gated). The quick bench keeps the floor,
-    both baselines and kidedge fp32 and int8 with gating.
+    The baselines do kidedge's work (for a cascade: localiser on every slice, segmenter on
+    its region). kidedge runs onnxruntime (CPU here) with gating for each ONNX precision
+    the package carries (fp16 only where a GPU exists: onnxruntime's CPU provider has no
+    fast fp16) and the torch backend fp32. Extra rows, clearly named and never in a
+    headline ratio: the papers' way with the segmenter on whole slices (paper 001) and
+    kidedge int8 without gating. The quick bench keeps the floor, both baselines and
+    kidedge fp32 and int8 gated; ``curve`` (time and memory against scan length) the
+    floor, both baselines and kidedge's default.
     """
     have_torch = importlib.util.find_spec("torch") is not None if torch is None else torch
     have_monai = importlib.util.find_spec("monai") is not None if monai is None else monai
     every = set.intersection(*(set(s.files) for s in package.stages))
     cascade = len(package.stages) > 1
-    out = [Variant("floor", "read + decompress only (floor)", "floor", "floor")]
+    out = [Variant("floor", "read only: nibabel, whole volume decompressed (floor)", "floor", "floor")]
     if have_torch and "torch" in every:
-        out.append(Variant("papers", "papers' way (torch eager fp32, whole volume)", "baseline", "papers",
-                           expensive=True))
+        work = " (same work)" if cascade else ""
+        out.append(Variant("papers", f"papers' way{work}: float volume, torch eager fp32", "baseline", "papers",
+                           expensive=True, region=True))
         if have_monai:
-            out.append(Variant("monai", "MONAI SliceInferer (torch fp32)", "baseline", "monai", expensive=True))
+            out.append(Variant("monai", f"MONAI SliceInferer{work} (torch fp32)", "baseline", "monai",
+                               expensive=True, region=True))
+        if cascade and not quick and not curve:
+            out.append(Variant("papers-wholeslice", "extra: papers' way, segmenter on every whole slice (paper 001)",
+                               "baseline", "papers", expensive=True, region=False, extra=True))
     precisions = [p for p in ("fp32", "int8-cpu", "int8-trt", "fp16") if p in every]
     if "fp16" in precisions and not has_nvidia_gpu():
         precisions.remove("fp16")
@@ -66,16 +86,17 @@ def plan_variants(package, quick: bool = False, monai: bool | None = None, torch
         for g in gates:
             if quick and (not g or p not in ("fp32", "int8-cpu")):
                 continue
-            if p == "int8-trt" and not g and not gpu:
-                # the TensorRT-flavoured QDQ model on onnxruntime's CPU provider: run it gated
-                # for its latency and Dice, but not also over every slice at full resolution
-                # (the slowest kind of run; int8-cpu no-gate already shows int8 without gating)
+            if not g and (p != "int8-cpu" or gpu):
+                # without gating the segmenter runs on every whole slice: one extra row (the
+                # default precision) shows what gating saves; more would only cost time
+                continue
+            name = f"ort-{p}{'-gated' if g and cascade else ''}{'-nogate' if not g else ''}"
+            if curve and name != DEFAULT_VARIANT and cascade:
                 continue
             tag = "" if not cascade else (" gated" if g else " no gate")
-            out.append(Variant(f"ort-{p}{'-gated' if g and cascade else ''}{'-nogate' if not g else ''}",
-                               f"kidedge onnxruntime {p}{tag}", "kidedge", "kidedge", "onnxruntime", p, g,
-                               expensive=not g and cascade))
-    if have_torch and "torch" in every and not quick:
+            out.append(Variant(name, f"{'extra: ' if not g else ''}kidedge onnxruntime {p}{tag}", "kidedge",
+                               "kidedge", "onnxruntime", p, g, expensive=not g and cascade, extra=not g))
+    if have_torch and "torch" in every and not quick and not curve:
         out.append(Variant(f"torch-fp32{'-gated' if cascade else ''}", f"kidedge torch fp32{' gated' if cascade else ''}",
                            "kidedge", "kidedge", "torch", "fp32", True))
     return out
