@@ -1,8 +1,9 @@
 """``export_run``: a trained run directory -> a model package, written atomically.
 
 The package is built in a temporary folder next to ``--out`` and renamed into place only
-when everything (export, parity, quantisation, fidelity, manifest) succeeded; an existing
-``--out`` is never overwritten. Layout::
+when everything (export, parity, quantisation, fidelity, manifest) succeeded
+(:func:`kidedge.export.package_files.publish`); an existing ``--out`` is never
+overwritten. Layout::
 
     PACKAGE/manifest.json
     PACKAGE/<stage>/fp32.onnx  fp16.onnx  int8-cpu.onnx  int8-trt.onnx  model.pt
@@ -13,23 +14,17 @@ when everything (export, parity, quantisation, fidelity, manifest) succeeded; an
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import platform
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from kidedge import __version__
 from kidedge.errors import KidedgeError
 from kidedge.export.held_out import held_out_volumes, run_split_volumes, volumes_from_dataset
 from kidedge.export.onnx_export import (
     FP32_TOLERANCE,
-    INPUT_NAME,
-    OUTPUT_NAME,
     check_parity,
     compare_logits,
     export_onnx,
@@ -38,6 +33,7 @@ from kidedge.export.onnx_export import (
     run_onnx,
     run_torch,
 )
+from kidedge.export.package_files import library_versions, manifest_stage, publish, read_run
 from kidedge.export.stage_inputs import (
     slice_categories,
     slice_inputs,
@@ -48,54 +44,6 @@ from kidedge.package import FORMAT, FORMAT_VERSION, write_manifest
 #: fp16 logits are compared with PyTorch fp32 and recorded; export fails only if fp16
 #: flips more than this fraction of pixels (fp16 rounding alone flips far fewer).
 FP16_MIN_AGREEMENT = 0.99
-RUN_FORMAT = 1
-
-
-def read_run(run_dir: Path) -> dict:
-    """run.json of a training run, checked for what export needs (one-line errors)."""
-    path = Path(run_dir) / "run.json"
-    if not Path(run_dir).is_dir():
-        raise KidedgeError(f"{run_dir}: run directory does not exist")
-    if not path.is_file():
-        raise KidedgeError(f"{path}: missing; is {run_dir} a kidedge training run?")
-    try:
-        run = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KidedgeError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(run, dict) or run.get("kidedge_run") != RUN_FORMAT:
-        raise KidedgeError(f"{path}: not a kidedge run (kidedge_run must be {RUN_FORMAT})")
-    for key in ("dimensionality", "classes", "stages"):
-        if key not in run:
-            raise KidedgeError(f"{path}: missing {key!r}")
-    if run["dimensionality"] not in ("2d", "3d"):
-        raise KidedgeError(f"{path}: dimensionality must be 2d or 3d, got {run['dimensionality']!r}")
-    if not isinstance(run["stages"], list) or not run["stages"]:
-        raise KidedgeError(f"{path}: stages must be a non-empty list")
-    for i, st in enumerate(run["stages"]):
-        missing = [k for k in ("name", "role", "arch", "preprocess", "output", "checkpoint") if k not in st]
-        if missing:
-            raise KidedgeError(f"{path}: stage {st.get('name', i)!r} is missing {', '.join(missing)}")
-        try:
-            stage_spec(st)
-        except (ValueError, TypeError) as exc:
-            raise KidedgeError(f"{path}: stage {st['name']!r} has a bad preprocess spec: {exc}") from None
-    return run
-
-
-def _library_versions() -> dict:
-    import onnx
-    import onnxruntime
-    import torch
-
-    versions = {"kidedge": __version__, "python": platform.python_version(), "numpy": np.__version__,
-                "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    try:
-        import onnxconverter_common
-
-        versions["onnxconverter_common"] = onnxconverter_common.__version__
-    except ImportError:
-        pass
-    return versions
 
 
 def _parity_inputs(volume, stage: dict, dimensionality: str, n_slices: int, depth: int) -> np.ndarray:
@@ -341,7 +289,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             report["fidelity"][sname] = fidelity = _fidelity(runners, held_out, st, dim)
             report["parity"][sname] = parity
             report["onnx"][sname] = info
-            stages.append(_manifest_stage(st, spec, x, dim, files, parity, fidelity))
+            stages.append(manifest_stage(st, spec, x, dim, files, parity, fidelity))
             stages[-1]["input"]["buckets"] = [list(b) for b in buckets]
             del runners, model
 
@@ -357,7 +305,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             "provenance": {
                 "recipe": run.get("recipe"), "data": run.get("data"), "split": run.get("split"),
                 "training_metrics": run.get("metrics"), "run_dir": str(run_dir.resolve()),
-                "library_versions": _library_versions(),
+                "library_versions": library_versions(),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "export_machine": platform.platform(),
             },
@@ -367,7 +315,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         for st in manifest["stages"]:
             report["sizes"][st["name"]] = {p: e["bytes"] for p, e in st["files"].items() if "bytes" in e}
         write_manifest(tmp, manifest)
-        _publish(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -386,50 +334,3 @@ def _fidelity(runners: dict, volumes, stage: dict, dim: str) -> dict:
     return fidelity_report(runners, volumes, stage, dim)
 
 
-def _manifest_stage(st: dict, spec, x: np.ndarray, dim: str, files: dict, parity: dict, fidelity: dict) -> dict:
-    """A stage of the manifest: run.json's stage + input/output/files/reference."""
-    keep = ("name", "role", "arch", "model_kwargs", "output", "roi", "metrics")
-    stage = {k: st[k] for k in keep if k in st}
-    stage["preprocess"] = spec.to_dict()
-    stage["output"] = {"name": OUTPUT_NAME, **st["output"]}
-    fixed = spec.in_plane == "size"
-    stage["input"] = {"name": INPUT_NAME, "channels": int(x.shape[1]),
-                      "height": int(x.shape[-2]) if fixed else None,
-                      "width": int(x.shape[-1]) if fixed else None,
-                      "dtype": "float32", "layout": "NCDHW" if dim == "3d" else "NCHW"}
-    if dim == "3d":
-        from kidedge.export.export3d import window_of
-
-        # the patch is the one input shape (and TensorRT bucket) of a 3D stage
-        d, h, w = (int(v) for v in x.shape[2:])
-        stage["input"].update(depth=d, height=h, width=w, buckets=[[h, w]])
-        stage["window"] = window_of(st).to_dict()
-    stage["files"] = files
-    stage["reference"] = {"path": f"{st['name']}/reference.npz", "max_abs_tolerance": FP32_TOLERANCE,
-                          "compares": "fp32 ONNX (ONNX Runtime CPU) against PyTorch fp32 logits"}
-    stage["parity"] = parity
-    stage["fidelity"] = {p: {k: v for k, v in r.items() if k != "cases"} for p, r in fidelity.items()}
-    return stage
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished package into place (or zip it to a temp name, then rename)."""
-    if out.exists():
-        raise KidedgeError(f"{out}: appeared while exporting; refusing to overwrite")
-    # mkdtemp makes the folder private (0700); a package is an ordinary folder.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    if out.suffix.lower() != ".zip":
-        tmp.rename(out)
-        return
-    ztmp = out.with_name(f".{out.name}.partial")
-    try:
-        with zipfile.ZipFile(ztmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(tmp.rglob("*")):
-                if f.is_file():
-                    zf.write(f, f.relative_to(tmp).as_posix())
-        ztmp.rename(out)
-    finally:
-        ztmp.unlink(missing_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)

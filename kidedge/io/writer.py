@@ -104,13 +104,26 @@ def atomic_directory(path: str | os.PathLike, keep_existing: bool = False) -> It
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            if not (keep_existing and path.is_dir() and any(path.iterdir())):
-                raise KidedgeError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        publish_directory(tmp, path, keep_existing)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_directory(tmp: str | os.PathLike, path: str | os.PathLike, keep_existing: bool = False) -> Path:
+    """Rename the finished folder ``tmp`` (beside ``path``) onto ``path``, which must not
+    exist or be an empty folder: readers see the whole folder or nothing.
+
+    Args:
+        keep_existing: when ``path`` appeared meanwhile with content (another process
+            made the same folder), keep it instead of failing.
+    """
+    path = Path(path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        if not (keep_existing and path.is_dir() and any(path.iterdir())):
+            raise KidedgeError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    return path
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

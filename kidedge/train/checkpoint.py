@@ -7,12 +7,12 @@ leaves a half-written checkpoint under the real name.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from kidedge.errors import KidedgeError
+from kidedge.io.writer import atomic_target
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -23,12 +23,10 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def atomic_torch_save(obj, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    """``torch.save`` through :func:`kidedge.io.writer.atomic_target` (never a partial file)."""
+    with atomic_target(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def save_weights(model: torch.nn.Module, path) -> Path:

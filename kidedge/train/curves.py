@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
+
+from kidedge.io.writer import save_png_atomic, write_text_atomic
 
 
 def write_metrics_csv(rows: list[dict], path) -> Path:
@@ -19,10 +20,7 @@ def write_metrics_csv(rows: list[dict], path) -> Path:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, buf.getvalue())
 
 
 def plot_curves(rows: list[dict], path) -> Path:
@@ -52,8 +50,7 @@ def plot_curves(rows: list[dict], path) -> Path:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return save_png_atomic(fig, path, dpi=80)
+    finally:
+        plt.close(fig)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from kidedge.errors import KidedgeError
+from kidedge.io.writer import atomic_target, write_json_atomic
 
 N_LABELS = 4  # 0 background, 1 kidney, 2 tumour, 3 cyst
 CACHE_VERSION = 1
@@ -106,9 +106,8 @@ def _load_canonical(case: TrainingCase):
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        np.save(tmp, array)
 
 
 class CaseCache:
@@ -156,25 +155,22 @@ class CaseCache:
         if labels.max(initial=0) >= N_LABELS:
             raise KidedgeError(f"{case.label}: label value {int(labels.max())} outside 0..3")
         # Slab by slab, so a 1000-slice scan never exists as float in memory.
-        tmp = hu_p.with_name(hu_p.name + ".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=tuple(src.shape))
-        for z in range(0, src.shape[0], 32):
-            slab = np.asarray(src[z:z + 32], dtype=np.float32) * np.float32(slope) + np.float32(intercept)
-            if not np.isfinite(slab).all():
-                raise KidedgeError(f"{case.image}: NaN or infinite voxels in case '{case.case_id}'")
-            out[z:z + 32] = np.clip(np.rint(slab), -32768, 32767).astype(np.int16)
-        out.flush()
-        del out
-        os.replace(tmp, hu_p)
+        with atomic_target(hu_p) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=tuple(src.shape))
+            for z in range(0, src.shape[0], 32):
+                slab = np.asarray(src[z:z + 32], dtype=np.float32) * np.float32(slope) + np.float32(intercept)
+                if not np.isfinite(slab).all():
+                    raise KidedgeError(f"{case.image}: NaN or infinite voxels in case '{case.case_id}'")
+                out[z:z + 32] = np.clip(np.rint(slab), -32768, 32767).astype(np.int16)
+            out.flush()
+            del out
         labels = np.ascontiguousarray(labels, dtype=np.uint8)
         _atomic_save_npy(lab_p, labels)
         counts = np.stack([(labels == k).sum(axis=(1, 2)) for k in range(N_LABELS)], axis=1).astype(np.int64)
         _atomic_save_npy(cnt_p, counts)
         meta = {"version": CACHE_VERSION, "case_id": case.case_id, "image": str(case.image),
                 "label": str(case.label), "shape": list(src.shape), "spacing": list(spacing)}
-        tmpm = meta_p.with_name(meta_p.name + ".tmp")
-        tmpm.write_text(json.dumps(meta))
-        os.replace(tmpm, meta_p)
+        write_json_atomic(meta_p, meta)  # written last: marks the cached case complete
         return meta
 
 

@@ -149,3 +149,43 @@ def stage_dice(scores: dict) -> float:
 def gt_box(case: CachedCase, roi: dict) -> Box | None:
     """The ROI a segment stage is validated on: the ground-truth kidney box + margin."""
     return label_box(np.asarray(case.labels), roi["labels"], case.spacing, roi["margin_mm"])
+
+
+def predict_cascade(entries, models, recipe, case, device) -> np.ndarray:
+    """Run the trained stages on a case as the runtime would: a localiser's box (its
+    ROI labels, grown by margin_mm) gates the segment stage; a single-stage recipe
+    segments the whole case."""
+    dim = recipe["dimensionality"]
+    preds = {}
+    final = None
+    for st, e, model in zip(recipe["stages"], entries, models, strict=True):
+        spec = type(recipe["stages"][0]["preprocess"]).from_dict(e["preprocess"])
+        box = None
+        if st["roi"] is not None:
+            src = preds[st["roi"]["source_stage"]]
+            box = label_box(src, st["roi"]["labels"], case.spacing, st["roi"]["margin_mm"])
+            if box is None:
+                final = np.zeros(case.hu.shape, np.uint8)
+                preds[st["name"]] = final
+                continue
+        if dim == "2d":
+            pred, _, _ = predict_case_2d(model, case, spec, e["output"], device, 8, box)
+        else:
+            pred, _, _ = predict_case_3d(model, case, spec, e["output"], device, st["sampling"]["patch"], box)
+        preds[st["name"]] = pred
+        final = pred
+    return final
+
+
+def evaluate_cases(entries, models, recipe, cases, device) -> dict:
+    """Mean KiTS scores of the whole cascade over ``cases`` (and per case)."""
+    per_case = {}
+    for c in cases:
+        pred = predict_cascade(entries, models, recipe, c, device)
+        per_case[c.case_id] = kits_scores(pred, np.asarray(c.labels), c.spacing)
+    if not per_case:
+        return {"n_cases": 0}
+    keys = next(iter(per_case.values())).keys()
+    return {"n_cases": len(per_case),
+            "mean": {k: float(np.mean([s[k] for s in per_case.values()])) for k in keys},
+            "per_case": per_case}
