@@ -5,7 +5,6 @@ finished package published (renamed into place, or zipped) through :mod:`kidedge
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -18,6 +17,7 @@ from kidedge import __version__
 from kidedge.errors import KidedgeError
 from kidedge.export.onnx_export import FP32_TOLERANCE, INPUT_NAME, OUTPUT_NAME
 from kidedge.export.stage_inputs import stage_spec
+from kidedge.io.json_files import read_json
 from kidedge.io.writer import atomic_target, publish_directory
 
 RUN_FORMAT = 1
@@ -30,10 +30,7 @@ def read_run(run_dir: Path) -> dict:
         raise KidedgeError(f"{run_dir}: run directory does not exist")
     if not path.is_file():
         raise KidedgeError(f"{path}: missing; is {run_dir} a kidedge training run?")
-    try:
-        run = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KidedgeError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    run = read_json(path, "run.json")
     if not isinstance(run, dict) or run.get("kidedge_run") != RUN_FORMAT:
         raise KidedgeError(f"{path}: not a kidedge run (kidedge_run must be {RUN_FORMAT})")
     for key in ("dimensionality", "classes", "stages"):

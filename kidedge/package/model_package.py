@@ -10,7 +10,6 @@ records every listed file's hash and size, validates, and writes the manifest at
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import zipfile
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kidedge.errors import KidedgeError
+from kidedge.io.json_files import read_json
 from kidedge.io.writer import atomic_directory, write_json_atomic
 from kidedge.package.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, Manifest
 from kidedge.package.stage import PRECISIONS, FileEntry, Stage, safe_relative
@@ -171,11 +171,7 @@ class ModelPackage:
         mpath = root / MANIFEST_NAME
         if not mpath.is_file():
             raise KidedgeError(f"{source}: not a model package (no {MANIFEST_NAME})")
-        try:
-            raw = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise KidedgeError(f"{mpath}: manifest is not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
-        return cls(root, Manifest.from_dict(raw, str(mpath)), source)
+        return cls(root, Manifest.from_dict(read_json(mpath, "manifest"), str(mpath)), source)
 
     # -- structure -------------------------------------------------------------------
 
