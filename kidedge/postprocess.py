@@ -1,5 +1,12 @@
 """Post-processing of predicted label maps: connected components and volumes in mL.
 
+The runtime's rule is :func:`review_segmentation` (the rules a radiologist would expect:
+masses seated on a kidney, kidney components by size and by position beside the spine,
+per-scan warnings), written in :mod:`kidedge.kidney_review` on top of the building blocks
+here. :func:`postprocess_labels` is the earlier, simpler rule (the largest components,
+masses touching kidney), kept for comparison (benchmarks/validate_real_ct.py) and callers
+that want no anatomy.
+
 numpy and scipy.ndimage only (no torch: docs/architecture.md, "What may import what"). Works on
 canonical uint8 label maps (slice, row, col) with 0 background, 1 kidney, 2 tumour,
 3 cyst. Every step crops to the bounding box of the foreground first, so on a
@@ -34,6 +41,7 @@ from scipy import ndimage
 from kidedge.errors import KidedgeError
 
 __all__ = [
+    "review_segmentation",
     "keep_largest_kidneys",
     "restrict_masses_to_kidney",
     "postprocess_labels",
@@ -211,7 +219,7 @@ def _split_spacing_affine(spacing_or_affine, affine):
     return tuple(float(s) for s in arr), affine
 
 
-def class_volumes_ml(labels, spacing=None, affine=None) -> dict:
+def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: float | None = None) -> dict:
     """Volumes in mL per class and per side (left and right kidney).
 
     Args:
@@ -221,6 +229,12 @@ def class_volumes_ml(labels, spacing=None, affine=None) -> dict:
         affine: the canonical affine (``Scan.canonical_affine``), used to tell left from
             right (see the module docstring); without it the canonical column direction
             is used.
+        divide_leftness_mm: the midline, in mm toward the patient's left (as
+            :func:`_leftness_mm` measures); then each voxel goes to the side it lies on (a
+            kidney crossing the midline, a horseshoe, is split there) and a side's
+            ``components`` counts those with any voxel on it. None: whole components by
+            their centroids, split as the module docstring says.
+            :func:`review_segmentation` passes the spine's midline here.
 
     Returns:
         JSON-ready dict: ``voxel_ml``; ``classes`` with ``kidney_ml`` (labels 1-3, the KiTS
@@ -264,12 +278,25 @@ def class_volumes_ml(labels, spacing=None, affine=None) -> dict:
         leftness = _leftness_mm(centroids, affine, sp)
         centre = np.array([[(s - 1) / 2.0 for s in arr.shape]])
         divide = float(_leftness_mm(centre, affine, sp)[0])
-        if n >= 2:
+        if divide_leftness_mm is not None:
+            grid = np.indices(block.shape, sparse=True)
+            grid = [g + box[a].start for a, g in enumerate(grid)]
+            if affine is None:
+                left_of = grid[2] * sp[2] > divide_leftness_mm
+            else:
+                left_of = -(affine[0, 0] * grid[0] + affine[0, 1] * grid[1] + affine[0, 2] * grid[2]
+                            + affine[0, 3]) > divide_leftness_mm
+            left_of = np.broadcast_to(left_of, block.shape)
+            for side, sel in (("left", left_of), ("right", ~left_of)):
+                sides[side] = np.bincount(block[sel], minlength=4)[:4]
+                sides[side][0] = 0
+                n_side[side] = int(np.count_nonzero(np.unique(comp[sel])))
+        elif n >= 2:
             big = np.argsort(sizes)[::-1][:2]
             if abs(leftness[big[0]] - leftness[big[1]]) >= _MIN_KIDNEY_SEPARATION_MM:
                 # two kidneys: split between them, whatever the patient's position in the field of view
                 divide = 0.5 * (leftness[big[0]] + leftness[big[1]])
-        for i in range(n):
+        for i in range(n if divide_leftness_mm is None else 0):  # else: done voxel by voxel above
             side = "left" if leftness[i] > divide else "right"  # dead centre counts as right
             sides[side] += per[i + 1]
             n_side[side] += 1
@@ -295,3 +322,12 @@ def _leftness_mm(voxel_points: np.ndarray, affine, spacing) -> np.ndarray:
     homog = np.c_[voxel_points, np.ones(len(voxel_points))]
     world = homog @ np.asarray(affine, dtype=np.float64).T
     return -world[:, 0]
+
+
+def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_start=None, scan_shape=None):
+    """Masses on kidneys, kidneys beside the spine, warnings: see
+    :func:`kidedge.kidney_review.review_segmentation` (the rules and their sources are in
+    that module's docstring). Returns ``(labels, volumes, warnings, findings)``."""
+    from kidedge.kidney_review import review_segmentation as review  # it builds on this module
+
+    return review(labels, spacing, affine, landmarks, box_start=box_start, scan_shape=scan_shape)

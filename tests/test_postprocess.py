@@ -193,3 +193,20 @@ def test_dilate26_equals_binary_dilation_with_the_full_cube():
         mask = rng.random(shape) < 0.08
         mask.flat[0] = mask.flat[-1] = True  # corners: the shifts must stop at the edges
         np.testing.assert_array_equal(_dilate26(mask), ndimage.binary_dilation(mask, structure=_CONNECTIVITY))
+
+
+def test_sides_split_voxel_by_voxel_at_a_given_midline():
+    # a horseshoe-like bar across the middle: whole components would all go to one side
+    lab = np.zeros((10, 20, 100), dtype=np.uint8)
+    box(lab, 1, (2, 5, 20), (8, 15, 80))  # columns 20-79: 6*10*60 = 3600 voxels
+    box(lab, 2, (2, 5, 70), (8, 15, 80))  # tumour in columns 70-79 (patient's left)
+    voxel = 3.0 * 0.8 * 0.8 / 1000
+    whole = class_volumes_ml(lab, (3.0, 0.8, 0.8), affine=KITS19_AFFINE)
+    assert {whole["sides"][s]["components"] for s in ("left", "right")} == {0, 1}
+    # midline at column 50 (x = -40 mm, leftness 40 mm): columns 51.. are left of it
+    split = class_volumes_ml(lab, (3.0, 0.8, 0.8), affine=KITS19_AFFINE, divide_leftness_mm=40.0)
+    assert split["sides"]["left"]["kidney_ml"] == pytest.approx(6 * 10 * 29 * voxel)
+    assert split["sides"]["right"]["kidney_ml"] == pytest.approx(6 * 10 * 31 * voxel)
+    assert split["sides"]["left"]["tumour_ml"] == pytest.approx(600 * voxel) and split["sides"]["right"]["tumour_ml"] == 0
+    assert split["sides"]["left"]["components"] == split["sides"]["right"]["components"] == 1
+    assert split["classes"] == whole["classes"]
