@@ -83,6 +83,12 @@ class OnnxRuntimeBackend(Backend):
         opts.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
+        if os.environ.get("KIDEDGE_ORT_SPIN", "0") != "1":
+            # onnxruntime's pool busy-waits between operators by default; on a small CPU that
+            # spinning takes the cores the pipeline's reader and labeller threads need (and
+            # other users'): segmenter crops cost 8 instead of 14 ms of CPU per slice on the
+            # shared 2-core CPU (benchmarks/results/cpu-2core-amd-epyc/threads.md)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list = []
         for p in wanted:
             if p == "TensorrtExecutionProvider":
