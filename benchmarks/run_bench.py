@@ -39,6 +39,8 @@ def main() -> int:
     ap.add_argument("--note", action="append", help="a line for the report's notes (repeatable)")
     ap.add_argument("--curve", help="slice counts of the time-and-memory curve, comma-separated "
                                     "(default for a full run: 100,200,400,600,800,1000; 'none' skips it)")
+    ap.add_argument("--curve-baseline-max", type=int, metavar="SLICES",
+                    help="run the curve's baselines only on scans up to this many slices (default: all)")
     ap.add_argument("--rewrite-report", metavar="DIR",
                     help="re-render DIR/bench.md and the plots from DIR/bench.json (no measuring)")
     args = ap.parse_args()
@@ -85,7 +87,7 @@ def main() -> int:
         return run_bench(quick=args.quick, out=args.out, model=model, labels=args.labels, work_dir=work,
                          targets=tuple(int(t) for t in args.targets.split(",")) if args.targets else None,
                          repeats=args.repeats, only=args.only.split(",") if args.only else None, notes=args.note,
-                         curve=curve)
+                         curve=curve, curve_baseline_max=args.curve_baseline_max)
     except KidedgeError as exc:
         print(f"run_bench: error: {exc}", file=sys.stderr)
         return 2

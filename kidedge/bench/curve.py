@@ -23,9 +23,13 @@ def _layout(image: Path) -> str:
 
 
 def run_curve(package, model, targets: tuple[int, ...], work: Path, outputs: Path, labels_root,
-              threads: int | None, synthetic_shape, echo) -> dict:
+              threads: int | None, synthetic_shape, echo, baseline_max_slices: int | None = None) -> dict:
     """Measure the curve; returns ``{"scans": [...], "variants": [...], "rows": [...]}``
-    (rows: variant, scan, slices, seconds, cpu_s, peak_rss_mb, layout, ok, error)."""
+    (rows: variant, scan, slices, seconds, cpu_s, peak_rss_mb, layout, ok, error).
+
+    ``baseline_max_slices``: run the baselines only on scans up to this length (they take
+    minutes per long scan on a loaded 2-core CPU); None: on every scan.
+    """
     scans = sorted(make_bench_scans(work / "scans", labels_root=labels_root, targets=targets,
                                     synthetic_shape=synthetic_shape), key=lambda s: s.slices)
     variants = plan_variants(package, curve=True)
@@ -34,6 +38,8 @@ def run_curve(package, model, targets: tuple[int, ...], work: Path, outputs: Pat
         layout = _layout(scan.image)
         order = variants[i % len(variants):] + variants[:i % len(variants)]
         for v in order:
+            if v.kind == "baseline" and baseline_max_slices is not None and scan.slices > baseline_max_slices:
+                continue
             dest = outputs / scan.name / f"curve-{v.name}.nii.gz"
             dest.parent.mkdir(parents=True, exist_ok=True)
             spec = {"kind": v.runner, "image": str(scan.image), "out": str(dest), "model": str(model),
@@ -50,4 +56,5 @@ def run_curve(package, model, targets: tuple[int, ...], work: Path, outputs: Pat
             echo(f"  [curve] {scan.name} {v.name}: {state}")
             dest.unlink(missing_ok=True)
             dest.with_name(f"curve-{v.name}.volumes.json").unlink(missing_ok=True)
-    return {"scans": [s.to_dict() for s in scans], "variants": [v.to_dict() for v in variants], "rows": rows}
+    return {"scans": [s.to_dict() for s in scans], "variants": [v.to_dict() for v in variants], "rows": rows,
+            "baseline_max_slices": baseline_max_slices}

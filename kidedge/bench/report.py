@@ -157,7 +157,9 @@ def _curve_lines(curve: dict | None) -> list[str]:
              "One run per scan and variant (fresh process each), phantoms of "
              + ", ".join(f"{s['slices']} slices ({s.get('source', '?')})" for s in curve.get("scans", []))
              + f", {', '.join(sorted({r['layout'] for r in curve['rows']}))} file layout; seconds per scan / "
-             "peak RSS in MB. Plot: curve.png.", "",
+             "peak RSS in MB. Plot: curve.png."
+             + (f" The baselines ran on scans up to {curve['baseline_max_slices']} slices only (time)."
+                if curve.get("baseline_max_slices") else ""), "",
              "| variant | " + " | ".join(f"{n} slices" for n in slices) + " |",
              "| --- |" + " ---: |" * len(slices)]
     for name in names:

@@ -72,7 +72,8 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
               targets: tuple[int, ...] | None = None, repeats: int | None = None,
               synthetic_shape: tuple[int, int] | None = None, synthetic: bool = False,
               only: list[str] | None = None, notes: list[str] | None = None,
-              threads: int | None = None, curve: tuple[int, ...] | None = None, echo=None) -> int:
+              threads: int | None = None, curve: tuple[int, ...] | None = None,
+              curve_baseline_max: int | None = None, echo=None) -> int:
     """Run the benchmark and write its report; returns 0.
 
     Args:
@@ -91,6 +92,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
         threads: CPU threads for every engine (default: all usable cores).
         curve: slice counts for the time-and-memory curve (floor, baselines and kidedge's
             default, one run each; e.g. :data:`kidedge.bench.scans.CURVE_TARGETS`); None: no curve.
+        curve_baseline_max: the curve's baselines only on scans up to this many slices.
         echo: progress printer (default: print to stderr).
 
     Raises:
@@ -162,7 +164,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
         from kidedge.bench.curve import run_curve
 
         curve_result = run_curve(package, model, tuple(curve), work, outputs, labels_root, threads,
-                                 synthetic_shape, echo)
+                                 synthetic_shape, echo, baseline_max_slices=curve_baseline_max)
     results = {
         "kidedge_bench": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
