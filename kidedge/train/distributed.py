@@ -1,8 +1,8 @@
 """Several GPUs (or CPU processes) through torchrun and DistributedDataParallel.
 
-Run as ``torchrun --nproc_per_node=N -m kidedge.train.distributed --recipe NAME --data DIR
---out RUN_DIR [...]`` (the same options as ``kidedge train``); ``train_recipe`` also
-notices ``WORLD_SIZE > 1`` in the environment by itself. Backend: NCCL on CUDA, gloo on
+Run ``kidedge train`` under torchrun: ``torchrun --nproc_per_node=N -m kidedge.cli train
+--recipe NAME --data DIR --out RUN_DIR [...]``; ``train_recipe`` notices ``WORLD_SIZE > 1``
+in the environment by itself. Backend: NCCL on CUDA, gloo on
 CPU. Rank 0 writes every file and runs validation; the ranks agree on early stopping
 through a broadcast, and at the end of each stage they check that their weights are
 bit-identical (recorded in run.json under ``ddp``).
@@ -97,33 +97,3 @@ def weights_in_sync(model: torch.nn.Module) -> tuple[bool, list[str]]:
 def shutdown() -> None:
     if active():
         dist.destroy_process_group()
-
-
-def main(argv=None) -> int:
-    """Entry point for ``torchrun -m kidedge.train.distributed`` (kidedge train's options)."""
-    import argparse
-    import sys
-
-    from kidedge.errors import KidedgeError
-    from kidedge.train.loop import train_recipe
-
-    ap = argparse.ArgumentParser(prog="kidedge.train.distributed")
-    ap.add_argument("--recipe", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--pretrained")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    a = ap.parse_args(argv)
-    try:
-        return int(train_recipe(a.recipe, a.data, a.out, epochs=a.epochs, device=a.device,
-                                resume=a.resume, pretrained=a.pretrained, overrides=a.overrides) or 0)
-    except KidedgeError as exc:
-        print(f"kidedge: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,7 +22,7 @@ SMALL = ["preprocess.in_plane=\"size\"", "preprocess.size=[64, 64]", "train.batc
 def test_torchrun_two_cpu_processes_gloo(phantom_data, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "kidedge.train.distributed", "--recipe", "squeezenet_unet_kits19", "--data", str(phantom_data),
+           "-m", "kidedge.cli", "train", "--recipe", "squeezenet_unet_kits19", "--data", str(phantom_data),
            "--out", str(out), "--epochs", "1", "--device", "cpu"]
     for s in SMALL:
         cmd += ["--set", s]
