@@ -189,8 +189,12 @@ def _diaphragm(coarse, coarse_s, coarse_mm, lift_mm: float = 0.0) -> np.ndarray:
     first = np.argmax(under, axis=0)
     top = coarse_s[first].astype(np.float64)
     dist, (ri, ci) = ndimage.distance_transform_edt(~any_col, return_indices=True)
-    top = top[ri, ci] - lift_mm * (1.0 - np.exp(-dist * coarse_mm[0] / 20.0))
-    return ndimage.gaussian_filter(top, max(1.0, 10.0 / coarse_mm[0]), mode="nearest")
+    filled = top[ri, ci] - lift_mm * (1.0 - np.exp(-dist * coarse_mm[0] / 20.0))
+    # Nearest-organ filling has straight (Voronoi) edges: smooth it broadly where no organ
+    # is, keep the organs' own tops where they are.
+    wide = ndimage.gaussian_filter(filled, max(1.0, 25.0 / coarse_mm[0]), mode="nearest")
+    top = np.where(any_col, top, wide)
+    return ndimage.gaussian_filter(top, max(1.0, 8.0 / coarse_mm[0]), mode="nearest")
 
 
 def base_plan(rng, shape, spacing, hilum_s: float) -> BodyPlan:
