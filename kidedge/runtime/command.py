@@ -52,7 +52,7 @@ def segment_job(job: ScanJob, segmenter: Segmenter, gate: bool = True) -> dict:
                 save_segmentation_planes(result.labels, scan, job.output)
     write_json_atomic(job.volumes_json, {
         "scan": str(job.scan), "segmentation": str(job.output),
-        "package": segmenter.package.name, "volumes": result.volumes})
+        "package": segmenter.package.name, "volumes": result.volumes, "warnings": list(result.warnings)})
     if job.overlay is not None:
         write_scan_overlay(scan, result.labels, job.overlay, title=job.name)
     report = {

@@ -10,8 +10,10 @@ benchmark and ``kidedge batch`` all call it, and write its labels with
 Inside, the stages run over the scan through the streaming pipeline: a single-stage
 package runs on every slice; a cascade runs its localiser on a low-resolution view of
 every slice and, with gating on, its segmenter at full resolution inside the region the
-localiser found (:mod:`kidedge.runtime.gating`). Then post-processing (largest kidneys,
-masses only at a kidney) and the volumes, on the labels' bounding box only.
+localiser found (:mod:`kidedge.runtime.gating`). Then post-processing
+(:func:`kidedge.postprocess.review_segmentation`: masses seated on a kidney, kidneys by
+size and position beside the spine, per-scan warnings) and the volumes, on the labels'
+bounding box only.
 
 Memory: no whole-scan array. Network inputs and logits exist per slab only; the labels
 go into a :class:`kidedge.runtime.labelmap.SparseLabels` that keeps only the labelled
@@ -25,16 +27,17 @@ import dataclasses
 
 import numpy as np
 
+from kidedge.body_landmarks import BodyLandmarks, LandmarkCollector, strided_affine
 from kidedge.errors import KidedgeError
 from kidedge.package import ModelPackage
-from kidedge.postprocess import class_volumes_ml, postprocess_labels
+from kidedge.postprocess import class_volumes_ml, review_segmentation
 from kidedge.runtime.backends.base import BackendOutOfMemory, BackendUnavailable
 from kidedge.runtime.backends.registry import BackendChoice, create_backend, select_backend
 from kidedge.runtime.blas_threads import SingleThreadedBlas
 from kidedge.runtime.cascade3d import DEFAULT_WINDOWS_CPU, DEFAULT_WINDOWS_GPU, segment_3d
 from kidedge.runtime.gating import CascadeGate
 from kidedge.runtime.labelmap import SparseLabels, box_affine
-from kidedge.runtime.pipeline import run_stage
+from kidedge.runtime.pipeline import iter_sampled, run_stage
 from kidedge.runtime.profiling import Profiler
 from kidedge.runtime.stage3d import Stage3D
 
@@ -81,8 +84,10 @@ class Segmentation:
         gating: how much work cascade gating skipped (``{"enabled": False, ...}`` without).
         profile: the call's profile (:meth:`kidedge.runtime.profiling.Profiler.result`);
             None when the caller passed its own running profiler (it holds the profile).
-        warnings: one-line notes about the result for the user (e.g. the scan was rerun
-            at a smaller micro-batch after the GPU ran out of memory).
+        warnings: one-line notes about the result for the user: the post-processing
+            review's (no kidney, one kidney, an implausible volume, what was removed:
+            :mod:`kidedge.kidney_review`), and e.g. that the scan was rerun at a smaller
+            micro-batch after the GPU ran out of memory.
     """
 
     labels: SparseLabels
@@ -180,7 +185,11 @@ class Segmenter:
         with profiler if own else contextlib.nullcontext():
             labels, gating = self._run_stages_fitting_memory(scan, profiler, gate, warnings)
             with profiler.stage("postprocess"):
-                volumes = _postprocess(labels, scan) if postprocess else _volumes(labels, scan)
+                if postprocess:
+                    volumes, notes = _postprocess(labels, scan)
+                    warnings += notes
+                else:
+                    volumes = _volumes(labels, scan)
         return Segmentation(labels, volumes, gating, profiler.result(scan.shape[0]) if own else None, warnings)
 
     def _run_stages_fitting_memory(self, scan, profiler: Profiler, gate: bool,
@@ -233,14 +242,32 @@ class Segmenter:
         return labels, g.stats()
 
 
-def _postprocess(labels: SparseLabels, scan) -> dict:
-    """Post-process ``labels`` in place; returns their volumes. Everything outside the
-    labels' bounding box is background, so working on the box gives the whole volume's
-    result without a whole-volume array."""
+def _postprocess(labels: SparseLabels, scan) -> tuple[dict, list[str]]:
+    """Post-process ``labels`` in place (:func:`kidedge.postprocess.review_segmentation`:
+    masses seated on a kidney, kidneys where kidneys lie); returns their volumes and the
+    review's warnings. Everything outside the labels' bounding box is background, so
+    working on the box gives the whole volume's result without a whole-volume array."""
     fg = labels.box()
-    if fg is not None:
-        labels.assign_box(fg, postprocess_labels(labels.dense_box(fg), scan.spacing))
-    return _volumes(labels, scan)
+    if fg is None:
+        empty = review_segmentation(np.zeros((1, 1, 1), np.uint8), scan.spacing, scan.canonical_affine)
+        return _volumes(labels, scan), empty.warnings
+    reviewed = review_segmentation(labels.dense_box(fg), scan.spacing, box_affine(scan.canonical_affine, fg),
+                                   _landmarks(scan, fg[0]), box_start=[b.start for b in fg], scan_shape=scan.shape)
+    labels.assign_box(fg, reviewed.labels)
+    return reviewed.volumes, reviewed.warnings
+
+
+def _landmarks(scan, slices: slice, stride: int = 4) -> BodyLandmarks:
+    """Body outline and spine (:mod:`kidedge.body_landmarks`) on one slice every
+    ``LOCALISER_STEP_MM`` of the labels' slice range, read again at every ``stride``-th
+    pixel in-plane: the review's anatomy, a few milliseconds per slice."""
+    step = localiser_step(scan.spacing[0])
+    marks = LandmarkCollector(scan.shape[0], strided_affine(scan.canonical_affine, stride))
+    for first, stop, raw in iter_sampled(scan, slices.start, slices.stop, step, 0, 16):
+        hu = raw[:, ::stride, ::stride].astype(np.float32) * np.float32(scan.slope) + np.float32(scan.intercept)
+        for j, k in enumerate(range(first, stop, step)):
+            marks.add(k, hu[j:j + 1])
+    return marks.result()
 
 
 def _volumes(labels: SparseLabels, scan) -> dict:

@@ -274,7 +274,9 @@ def test_segment_is_the_one_library_call(ct_case, cascade_package):
     scan = load_scan(path)
     with Segmenter(ModelPackage.load(cascade_package)) as segmenter:
         result = segmenter.segment(scan)
-    assert isinstance(result, Segmentation) and result.warnings == []
+    assert isinstance(result, Segmentation)
+    # the only warnings: the post-processing review finds these test kidneys (~1 mL) small
+    assert result.warnings and all("under 50 mL" in w for w in result.warnings)
     np.testing.assert_array_equal(result.labels.to_dense(), truth)
     assert result.gating["enabled"] and result.gating["slices_run_stage2"] == 13  # see above
     assert result.volumes_ml["tumour_ml"] == pytest.approx((truth == 2).sum() * 2.0 / 1000, rel=1e-6)

@@ -72,8 +72,9 @@ def test_scan_is_rerun_at_half_the_batch_until_it_fits(tmp_path, cascade_package
     scan = load_scan(_scan(tmp_path))
     with Segmenter(pkg, batch=8) as seg:
         got = seg.segment(scan)
-    assert got.warnings == ["out of GPU memory at micro-batch 8: scan rerun at 4",
-                            "out of GPU memory at micro-batch 4: scan rerun at 2"]
+    oom = [w for w in got.warnings if w.startswith("out of GPU memory")]  # (the rest: the review's)
+    assert oom == ["out of GPU memory at micro-batch 8: scan rerun at 4",
+                   "out of GPU memory at micro-batch 4: scan rerun at 2"]
     assert got.profile["counters"]["oom_retries"] == 2
     assert max(s for b in made for s in b.sizes[-3:]) <= 2  # the last run fitted
     assert seg.batch == 8  # the next scan starts at the full micro-batch again
@@ -81,7 +82,7 @@ def test_scan_is_rerun_at_half_the_batch_until_it_fits(tmp_path, cascade_package
     made.clear()
     with Segmenter(pkg, batch=2) as seg2:
         ref = seg2.segment(scan)
-    assert ref.warnings == []
+    assert not [w for w in ref.warnings if w.startswith("out of GPU memory")]
     np.testing.assert_array_equal(got.labels.to_dense(), ref.labels.to_dense())
     assert ref.labels.to_dense().any()
 
