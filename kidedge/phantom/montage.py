@@ -73,3 +73,45 @@ def write_montage(shown, path) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def write_comparison(real, phantoms, path, real_title="real CT") -> Path:
+    """Real CT slices beside phantom slices, one window, label contours on the phantoms.
+
+    Args:
+        real: list of (title, HU slice) of a real scan (first column).
+        phantoms: list of (title, HU slice, label slice) (the other columns, row by row).
+        path: the PNG to write (atomically).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nrows = max(len(real), 1)
+    per_row = -(-len(phantoms) // nrows)
+    fig, axes = plt.subplots(nrows, per_row + 1, figsize=(3.0 * (per_row + 1), 3.15 * nrows),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, (title, hu) in enumerate(real):
+        axes[r, 0].imshow(hu, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], interpolation="bilinear")
+        axes[r, 0].set_title(f"{real_title}\n{title}", fontsize=7)
+    for n, (title, hu, lab) in enumerate(phantoms):
+        ax = axes[n // per_row, 1 + n % per_row]
+        ax.imshow(hu, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], interpolation="bilinear")
+        for value, colour in _COLOURS.items():
+            mask = lab == value
+            if mask.any():
+                ax.contour(mask.astype(np.uint8), levels=[0.5], colors=colour, linewidths=0.5)
+        ax.set_title(title, fontsize=7)
+    fig.suptitle(f"left: {real_title}; right: kidedge anatomical phantoms (window "
+                 f"{WINDOW[0]:.0f}..{WINDOW[1]:.0f} HU; kidney green, tumour red, cyst cyan)",
+                 fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
