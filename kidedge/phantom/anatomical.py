@@ -31,9 +31,10 @@ from kidedge.errors import KidedgeError
 from kidedge.phantom import anatomy as A
 from kidedge.phantom import tissues as T
 from kidedge.phantom.anatomy import BodySource
+from kidedge.phantom.anchors import base_plan, compute_anchors
 from kidedge.phantom.appearance import Appearance, sample_appearance, sub_slice_weights
 from kidedge.phantom.fields import SmoothField
-from kidedge.phantom.filler import AnchoredPainter, base_plan, compute_anchors
+from kidedge.phantom.filler import AnchoredPainter
 from kidedge.phantom.generate import canonical_affine
 from kidedge.phantom.kidneys import HALO_REPLACES, find_kidney_sites, kidney_tissues
 from kidedge.phantom.negatives import paint_balls, plan_lesions
