@@ -90,13 +90,21 @@ def raw_extent(spec: PreprocessSpec, patch, pixel_spacing) -> tuple[int, int]:
 def pick_centre(case: CachedCase, zs: np.ndarray, category: str, box: Box | None, rng) -> tuple[int, int]:
     """An in-plane (row, col) centre: a random tumour/cyst or kidney voxel of the slices
     ``zs`` for those categories, else uniform inside the box or the slice."""
-    if category != "any":
+    if category in ("tumour", "kidney"):
         lab = np.asarray(case.labels[int(zs[len(zs) // 2])])
         hit = np.argwhere(lab >= 2) if category == "tumour" else np.argwhere(lab >= 1)
         if hit.size:
             r, c = hit[rng.integers(len(hit))]
             return int(r), int(c)
     _, h, w = case.hu.shape
+    if category == "outside":
+        # somewhere in the body (not the air around it): a few tries at a soft-tissue pixel
+        hu = case.hu[int(zs[len(zs) // 2])]
+        for _ in range(20):
+            r, c = int(rng.integers(h)), int(rng.integers(w))
+            if hu[r, c] > -300:
+                return r, c
+        return int(rng.integers(h)), int(rng.integers(w))
     r0, r1, c0, c1 = (box[2], box[3], box[4], box[5]) if box is not None else (0, h, 0, w)
     return int(rng.integers(r0, max(r0 + 1, r1))), int(rng.integers(c0, max(c0 + 1, c1)))
 
@@ -124,7 +132,7 @@ class _StageDataset(torch.utils.data.Dataset):
         return len(self.draws)
 
     def _box(self, d: Draw, rng) -> Box | None:
-        if self.roi is None or self.roi_boxes[d.case] is None:
+        if self.roi is None or self.roi_boxes[d.case] is None or d.category == "outside":
             return None
         c = self.cases[d.case]
         return jitter_box(self.roi_boxes[d.case], self.core_boxes[d.case], c.spacing,

@@ -5,6 +5,12 @@ train mostly on empty slices. Each draw first picks a category with the recipe's
 ``tumour_fraction`` (slices with tumour or cyst), ``kidney_fraction`` (slices with any
 kidney label) and the rest uniform over the allowed slices, then a case (uniformly, so big
 scans do not dominate), then a slice of that category in that case.
+
+A segment stage of a cascade trains inside the ground-truth kidney box, so on its own it
+never sees the spleen's upper pole, the liver dome, stomach or pelvic bowel at full
+resolution; on a real scan stage 1 sometimes boxes exactly those. ``outside_fraction``
+draws that share of the epoch from any slice of the case ("outside" draws: no box, a
+patch centred in the body), so stage 2 learns to say "background" there too.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ class Draw:
 
     case: int
     z: int
-    category: str  # "tumour" | "kidney" | "any"
+    category: str  # "tumour" | "kidney" | "any" | "outside"
     seed: int
 
 
@@ -40,9 +46,10 @@ def allowed_slices(case: CachedCase, roi: dict | None) -> tuple[int, int]:
 
 
 def draw_epoch(cases: list[CachedCase], n: int, rng: np.random.Generator,
-               kidney_fraction: float, tumour_fraction: float, roi: dict | None = None) -> list[Draw]:
+               kidney_fraction: float, tumour_fraction: float, roi: dict | None = None,
+               outside_fraction: float = 0.0) -> list[Draw]:
     """``n`` draws for one epoch (see module docstring)."""
-    pools = {"tumour": [], "kidney": [], "any": []}
+    pools = {"tumour": [], "kidney": [], "any": [], "outside": []}
     for ci, c in enumerate(cases):
         z0, z1 = allowed_slices(c, roi)
         zs = np.arange(z0, z1)
@@ -50,6 +57,7 @@ def draw_epoch(cases: list[CachedCase], n: int, rng: np.random.Generator,
             continue
         counts = c.slice_counts[z0:z1]
         pools["any"].append((ci, zs))
+        pools["outside"].append((ci, np.arange(c.n_slices)))
         k = zs[counts[:, 1:].sum(1) > 0]
         if k.size:
             pools["kidney"].append((ci, k))
@@ -58,8 +66,12 @@ def draw_epoch(cases: list[CachedCase], n: int, rng: np.random.Generator,
             pools["tumour"].append((ci, t))
     if not pools["any"]:
         raise ValueError("no training slices (every case lacks the ROI labels)")
-    cats = rng.choice(3, size=n, p=[tumour_fraction, kidney_fraction, 1.0 - tumour_fraction - kidney_fraction])
-    names = ("tumour", "kidney", "any")
+    names = ("tumour", "kidney", "any", "outside")
+    if outside_fraction > 0:
+        rest = 1.0 - tumour_fraction - kidney_fraction - outside_fraction
+        cats = rng.choice(4, size=n, p=[tumour_fraction, kidney_fraction, rest, outside_fraction])
+    else:  # the same random stream as before outside draws existed
+        cats = rng.choice(3, size=n, p=[tumour_fraction, kidney_fraction, 1.0 - tumour_fraction - kidney_fraction])
     draws = []
     seeds = rng.integers(0, 2**31 - 1, size=n)
     for i, ci in enumerate(cats):

@@ -157,7 +157,8 @@ class StageTrainer:
             gen.manual_seed(self.seed * 1000 + self.si * 10 + rank + 7919 * epoch)
             rng = np.random.default_rng([self.seed, self.si, epoch])
             draws = draw_epoch(self.train_cases, steps * batch * world, rng,
-                               stage["sampling"]["kidney_fraction"], stage["sampling"]["tumour_fraction"], roi)
+                               stage["sampling"]["kidney_fraction"], stage["sampling"]["tumour_fraction"], roi,
+                               stage["sampling"]["outside_fraction"])
             draws = draws[rank::world]
             ds_cls = SliceDataset if self.dim == "2d" else PatchDataset
             ds = ds_cls(self.train_cases, draws, spec, patch, roi, roi_boxes, core_boxes)

@@ -17,7 +17,8 @@ Layout of a recipe (see the files for full examples)::
                            labels each channel is trained on)
       [stages.roi]         segment stage of a cascade: source_stage, labels, margin_mm, jitter_mm
       [stages.train]       optimizer, lr, schedule, batch_size, epochs, loss, ...
-      [stages.sampling]    patch, stride, kidney_fraction, tumour_fraction, samples_per_epoch
+      [stages.sampling]    patch, stride, kidney_fraction, tumour_fraction, outside_fraction,
+                           samples_per_epoch
       [stages.augment]     rotate_deg, flip_lr, flip_ud, scale, noise_std, ...
 
 ``--set key=value`` overrides: ``section.key`` applies to every stage (e.g.
@@ -57,6 +58,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     },
     "sampling": {
         "patch": (list,), "stride": (list,), "kidney_fraction": _NUM, "tumour_fraction": _NUM,
+        "outside_fraction": _NUM,
         "samples_per_epoch": (int,),
     },
     "augment": {
@@ -85,6 +87,7 @@ TRAIN_DEFAULTS = {
     "val_batch_size": 0, "num_workers": 0,
 }
 SAMPLING_DEFAULTS = {"patch": None, "stride": None, "kidney_fraction": 0.5, "tumour_fraction": 0.2,
+                     "outside_fraction": 0.0,
                      "samples_per_epoch": 0}
 AUGMENT_DEFAULTS = {"rotate_deg": 0.0, "flip_lr": False, "flip_ud": False, "flip_z": False,
                     "scale": None, "noise_std": 0.0, "intensity_scale": 0.0, "intensity_shift": 0.0,
@@ -222,8 +225,10 @@ def _validate_stage(s: dict, i: int, names: list[str], dim: str) -> dict:
                f"sampling.{key} must be {nd} positive integers")
     if dim == "3d":
         _check(sampling["patch"] is not None, where, "3d recipes need sampling.patch = [slices, rows, cols]")
-    _check(0 <= sampling["kidney_fraction"] + sampling["tumour_fraction"] <= 1, where,
-           "kidney_fraction + tumour_fraction must be in [0, 1]")
+    _check(0 <= sampling["kidney_fraction"] + sampling["tumour_fraction"] + sampling["outside_fraction"] <= 1,
+           where, "kidney_fraction + tumour_fraction + outside_fraction must be in [0, 1]")
+    _check(sampling["outside_fraction"] == 0 or roi is not None, where,
+           "sampling.outside_fraction is for a segment stage with an roi (it draws outside the roi)")
     augment = {**AUGMENT_DEFAULTS, **s.get("augment", {})}
     _validate_section(s.get("augment", {}), "augment", where)
     return {
