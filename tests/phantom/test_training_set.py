@@ -142,3 +142,12 @@ def test_the_trainer_takes_the_grouped_split(tmp_path, tiny_sources):
     with pytest.raises(KidedgeError, match="more than one part"):
         _prepare_cases(run, load_recipe("kidedge_default", [f"split.file={bad}"]),
                        discover_training_cases(out), out, False)
+
+
+def test_without_shared_data_the_error_says_what_to_pass(tmp_path, monkeypatch):
+    from kidedge.phantom import training_set
+
+    monkeypatch.setattr(training_set, "shared_data_dir", lambda: None)
+    res = CliRunner().invoke(main, ["phantom", str(tmp_path / "x"), "--training-set"])
+    assert res.exit_code == 2 and "pass --bodies DIR" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
