@@ -285,7 +285,11 @@ class StageTrainer:
         patch = stage["sampling"]["patch"]
         bs = int(self.t["val_batch_size"] or self.t["batch_size"])
         losses, per_case = [], []
-        for c in self.val_cases:
+        # An epoch's validation may use the first val_max_cases cases only (0: all): on a CPU
+        # whole-case prediction of a large validation split can cost more than the epoch.
+        # The run's final held-out scores (run.json metrics) always use every case.
+        limit = int(self.t.get("val_max_cases") or 0)
+        for c in (self.val_cases[:limit] if limit > 0 else self.val_cases):
             box = gt_box(c, roi) if roi is not None else None
             if roi is not None and box is None:
                 continue  # no kidney: nothing for a segment stage to do

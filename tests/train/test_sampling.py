@@ -80,3 +80,30 @@ def test_recipe_checks_outside_fraction():
         load_recipe("kidedge_default", ["localise.sampling.outside_fraction=0.2"])
     with pytest.raises(KidedgeError, match="must be in"):
         load_recipe("kidedge_default", ["segment.sampling.outside_fraction=0.9"])
+
+
+def test_val_max_cases_limits_an_epochs_validation(monkeypatch, tmp_path):
+    import torch
+
+    from kidedge.train import stage_trainer as st
+
+    seen = []
+
+    def fake_predict(model, case, *args, **kwargs):
+        seen.append(case.case_id)
+        return np.zeros(case.labels.shape, np.uint8), 0.0, 0
+
+    monkeypatch.setattr(st, "predict_case_2d", fake_predict)
+    cases = []
+    for i in range(5):
+        c = _case()
+        cases.append(CachedCase(f"case_{i:05d}", c.hu, c.labels, c.spacing, c.slice_counts))
+    recipe = load_recipe("kidedge_default", ["localise.train.val_max_cases=2"])
+    trainer = st.StageTrainer(tmp_path, recipe, 0, cases, cases, torch.device("cpu"), None, None)
+    trainer.validate(torch.nn.Identity(), None, None)
+    assert seen == ["case_00000", "case_00001"]
+    seen.clear()
+    recipe = load_recipe("kidedge_default", [])
+    st.StageTrainer(tmp_path, recipe, 0, cases, cases, torch.device("cpu"), None, None).validate(
+        torch.nn.Identity(), None, None)
+    assert len(seen) == 5

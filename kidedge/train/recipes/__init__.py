@@ -54,7 +54,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "min_lr": _NUM, "warmup_epochs": (int,), "batch_size": (int,), "epochs": (int,),
         "loss": (str,), "dice_weight": _NUM, "class_weights": (list,), "deep_supervision_weights": (list,),
         "select_best": (str,), "early_stopping_patience": (int,), "grad_clip": _NUM,
-        "val_batch_size": (int,), "num_workers": (int,),
+        "val_batch_size": (int,), "val_max_cases": (int,), "num_workers": (int,),
     },
     "sampling": {
         "patch": (list,), "stride": (list,), "kidney_fraction": _NUM, "tumour_fraction": _NUM,
@@ -84,7 +84,7 @@ TRAIN_DEFAULTS = {
     "min_lr": 0.0, "warmup_epochs": 0, "batch_size": 8, "epochs": 10, "loss": "ce_dice",
     "dice_weight": 0.5, "class_weights": None, "deep_supervision_weights": None,
     "select_best": "val_dice", "early_stopping_patience": 0, "grad_clip": 0.0,
-    "val_batch_size": 0, "num_workers": 0,
+    "val_batch_size": 0, "val_max_cases": 0, "num_workers": 0,
 }
 SAMPLING_DEFAULTS = {"patch": None, "stride": None, "kidney_fraction": 0.5, "tumour_fraction": 0.2,
                      "outside_fraction": 0.0,
