@@ -175,6 +175,16 @@ def strided_affine(canonical_affine: np.ndarray, stride: int) -> np.ndarray:
     return aff
 
 
+def landmarks_on_slices(hu: np.ndarray, canonical_affine: np.ndarray, slices, stride: int = 4) -> BodyLandmarks:
+    """Landmarks measured on the canonical slices ``slices`` only (e.g. one every 4 mm of
+    the labels' range, as ``kidedge infer`` measures them) of a canonical HU volume held
+    in memory; the other slices stay NaN."""
+    collector = LandmarkCollector(hu.shape[0], strided_affine(canonical_affine, stride))
+    for k in slices:
+        collector.add(k, np.asarray(hu[k:k + 1, ::stride, ::stride]).astype(np.float32))
+    return collector.result()
+
+
 def estimate_body_landmarks(volume: np.ndarray, canonical_affine: np.ndarray, stride: int = 4,
                             slope: float = 1.0, intercept: float = 0.0) -> BodyLandmarks:
     """Landmarks of a whole canonical volume, read every ``stride``-th pixel in-plane.

@@ -5,7 +5,8 @@ Both run the same model package as kidedge (its ``torch`` state_dicts, rebuilt w
 :func:`kidedge.train.models.build_model`), the same preprocessing
 (:func:`kidedge.preprocess.preprocess_slices`), the same cascade box
 (:class:`kidedge.runtime.gating.CascadeGate`) and the same post-processing
-(:func:`kidedge.postprocess.postprocess_labels` and the volumes in mL), so the benchmark
+(:func:`kidedge.postprocess.review_segmentation` on the labels' box, with the body
+landmarks measured on the same slices, and the volumes in mL), so the benchmark
 measures how inference is executed, not a different computation:
 
 * :class:`PapersWay` -- how the papers' code runs a 2D model: the whole scan loaded as a
@@ -156,19 +157,29 @@ class TorchBaseline:
                 gating = None
             else:
                 labels, gating = self._cascade(stages, volume, spacing, timer)
+        t0 = time.perf_counter()
+        marks = _review_landmarks(labels, volume, affine, spacing)  # kidedge infer measures these too
+        timer.add("postprocess", t0)
         del volume
-        self._finish(labels, affine, spacing, timer)
+        self._finish(labels, marks, affine, spacing, timer)
         return {"stages": timer.stages, "gating": gating}
 
-    def _finish(self, labels: np.ndarray, affine, spacing, timer: _Timer) -> None:
+    def _finish(self, labels: np.ndarray, marks, affine, spacing, timer: _Timer) -> None:
         """The same post-processing and outputs as ``kidedge infer``."""
         import nibabel as nib
 
-        from kidedge.postprocess import class_volumes_ml, postprocess_labels
+        from kidedge.postprocess import _foreground_box, class_volumes_ml, review_segmentation
+        from kidedge.runtime.labelmap import box_affine
 
         t0 = time.perf_counter()
-        labels = postprocess_labels(labels, spacing)
-        volumes = class_volumes_ml(labels, spacing)
+        fg = _foreground_box(labels > 0, margin=0)
+        if fg is None:
+            volumes = class_volumes_ml(np.zeros((1, 1, 1), np.uint8), spacing, affine=affine)
+        else:  # on the labels' box, as the runtime does
+            reviewed = review_segmentation(labels[fg], spacing, box_affine(affine, fg), marks,
+                                           box_start=[b.start for b in fg], scan_shape=labels.shape)
+            labels[fg] = reviewed.labels
+            volumes = reviewed.volumes
         timer.add("postprocess", t0)
         t0 = time.perf_counter()
         nib.save(nib.Nifti1Image(labels.astype(np.uint8, copy=False), affine), str(self.out))
@@ -250,3 +261,15 @@ class MonaiSliceInferer(TorchBaseline):
                                     progress=False)
         logits = inferer(volume.to(self.device), model)  # (1, K, n, h, w)
         return logits[0].permute(1, 0, 2, 3).float().cpu()
+
+
+def _review_landmarks(labels: np.ndarray, volume: np.ndarray, affine, spacing):
+    """The body landmarks ``kidedge infer`` gives its post-processing review: one slice
+    every ``LOCALISER_STEP_MM`` of the labels' slice range (None without labels)."""
+    from kidedge.body_landmarks import landmarks_on_slices
+    from kidedge.runtime.engine import localiser_step
+
+    hit = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+    if hit.size == 0:
+        return None
+    return landmarks_on_slices(volume, affine, range(int(hit[0]), int(hit[-1]) + 1, localiser_step(spacing[0])))
