@@ -14,21 +14,11 @@ so export works on patches too:
   grown by its ``roi.margin_mm``, as the runtime gives it;
 * fidelity segments held-out volumes through the runtime's own sliding window (Gaussian
   blending and all) with each precision, and compares the labels with fp32's by Dice;
-* int8 for ONNX Runtime's CPU provider: ONNX Runtime quantises Conv3d (``QLinearConv``
-  runs 3D kernels) but has no int8 kernel for ``ConvTranspose`` (3D or 2D): the quantiser
-  still puts Q/DQ around it and the CPU provider then dequantises the weights and runs it
-  in float with int8-rounded weights. Keeping it out of quantisation does not help: ONNX
-  Runtime's optimiser (1.32) quantises the weight of any op whose input comes out of a
-  DequantizeLinear. So the float fallback happens per layer inside ONNX Runtime, and
-  :func:`ort_cpu_float_layers` finds those layers by building the CPU session and reading
-  its optimised graph; :func:`quantize_cpu` records them in the manifest. The TensorRT
-  variant keeps them quantised (TensorRT has int8 deconvolution; not checked here, no GPU).
+* int8: :mod:`kidedge.export.int8_3d` (ONNX Runtime's per-layer float fallback, and the
+  layers kept float so that int8 stays within the Dice target of fp32).
 """
 
 from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +32,6 @@ from kidedge.runtime.stage3d import Stage3D
 
 #: (min, opt, max) windows per inference call of a 3D stage's TensorRT profile.
 TRT_BATCHES = (1, 2, 4)
-#: Compute ops whose int8 execution matters for speed (the ones a fallback is looked for).
-COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def window_of(run_stage: dict) -> WindowSpec:
@@ -185,47 +173,3 @@ def fidelity_3d(runners: dict, volumes: list[CTVolume], run_stage: dict) -> dict
             "cases": per_case,
         }
     return report
-
-
-def ort_cpu_float_layers(model_path: Path) -> dict[str, str]:
-    """Layers of a quantised model that ONNX Runtime's CPU provider runs in float.
-
-    Builds the CPU session with full graph optimisation, saves the optimised graph, and
-    returns ``{node name: op type}`` of the compute ops (:data:`COMPUTE_OPS`) still there as
-    float ops with a dequantised weight: the provider had no int8 kernel to fuse them into
-    (for the 3D models, every ``ConvTranspose``).
-    """
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="kidedge-ortopt-") as work:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = str(Path(work) / "optimised.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        graph = onnx.load(so.optimized_model_filepath).graph
-    made_by = {out: node.op_type for node in graph.node for out in node.output}
-    return {node.name: node.op_type for node in graph.node
-            if node.op_type in COMPUTE_OPS and len(node.input) > 1
-            and made_by.get(node.input[1]) == "DequantizeLinear"}
-
-
-def quantize_cpu(prepared: Path, out_path: Path, reader, method: str, exclude: list[str],
-                 cpu_format: str, calibration_cache: Path | None) -> dict:
-    """``int8-cpu`` of a 3D stage: quantise (:func:`kidedge.export.quantize.quantize_int8`),
-    then try the model in ONNX Runtime's CPU provider and record, per layer, which ones it
-    runs in float because it has no int8 kernel for them. Returns the quantisation record.
-    """
-    from kidedge.export.quantize import quantize_int8
-
-    settings = quantize_int8(prepared, out_path, reader, "int8-cpu", method, exclude, cpu_format=cpu_format,
-                             calibration_cache=calibration_cache)
-    fallback = ort_cpu_float_layers(out_path)
-    settings["ort_cpu_float_fallback"] = {
-        "layers": dict(sorted(fallback.items())),
-        "reason": "ONNX Runtime's CPU provider has no int8 kernel for these ops: it dequantises their int8 "
-                  "weights and runs them in float. Leaving them out of quantisation does not give exact "
-                  "float weights: ORT's optimiser quantises the weight of any op whose input is quantised.",
-    }
-    return settings

@@ -238,6 +238,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 if dim == "3d":
                     from kidedge.export.export3d import calibration_windows
 
+                    vols = list(vols)  # also the cases int8's float layers are chosen on
                     cin, csum = calibration_windows(vols, st, slices_per_case)
                 else:
                     cin, csum = calibration_inputs(vols, st, dim, slices_per_case, depth)
@@ -251,10 +252,12 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                      "float_nodes_rule": "first and last Conv stay float" if float_nodes == "rule" else "none"}
                 for variant in ("int8-cpu", "int8-trt"):
                     path = sdir / f"{variant}.onnx"
-                    if dim == "3d" and variant == "int8-cpu":  # + ORT CPU's per-layer float fallback
-                        from kidedge.export.export3d import quantize_cpu
+                    if dim == "3d" and variant == "int8-cpu":  # + float layers: ORT's, and for fidelity
+                        from kidedge.export.int8_3d import quantize_cpu
 
-                        q[variant] = quantize_cpu(prepared, path, reader, calib_method, exclude, cpu_format, cache)
+                        q[variant] = quantize_cpu(prepared, path, reader, calib_method, exclude, cpu_format, cache,
+                                                  fidelity=(fp32_path, vols, st, cin))
+                        exclude = [*exclude, *q[variant]["fidelity_fallback"]["kept_float"]]
                     else:
                         q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
                                                    cpu_format=cpu_format, calibration_cache=cache)

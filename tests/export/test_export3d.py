@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from kidedge.export.export3d import TRT_BATCHES, ort_cpu_float_layers
+from kidedge.export.export3d import TRT_BATCHES
+from kidedge.export.int8_3d import ort_cpu_float_layers
 from kidedge.export.verify import verify_package
 from kidedge.package import ModelPackage
 
@@ -114,3 +115,35 @@ def test_tensorrt_bucket_is_the_patch(tmp_path, monkeypatch):
         assert s["depth"] == patch[0] and list(s["buckets"]) == [patch[1:]]  # one bucket: the patch
         assert s["batch"] == TRT_BATCHES[-1]
     assert ModelPackage.load(tmp_path / "pkg").stage("segment").input.buckets == ((16, 16),)
+
+
+def test_fidelity_judged_and_layers_kept_float_when_int8_misses_the_target(package, tmp_path, monkeypatch):
+    """The int8 model is judged against fp32 through the sliding window; when it misses the
+    Dice target, the most sensitive Conv layers are kept float (forced here: target -1)."""
+    import onnxruntime as ort
+
+    import kidedge.export.int8_3d as int8_3d
+
+    rep = package.manifest["export_report"] if isinstance(package.manifest, dict) else package.manifest.export_report
+    rec = rep["quantisation"]["segment"]["int8-cpu"]["fidelity_fallback"]
+    assert rec["met"] and rec["kept_float"] == [] and 0 <= rec["gap_before"] <= int8_3d.FIDELITY_TARGET
+
+    monkeypatch.setattr(int8_3d, "FIDELITY_TARGET", -1.0)
+    _, out = export_tiny3d(tmp_path, precisions=("fp32", "int8"))
+    forced = ModelPackage.load(out)
+    q = forced.manifest.export_report["quantisation"]["segment"]
+    rec = q["int8-cpu"]["fidelity_fallback"]
+    convs = [n.name for n in onnx.load(str(forced.file_path("segment", "fp32"))).graph.node if n.op_type == "Conv"]
+    free = [c for c in convs if c not in ("/enc/enc.0/Conv", "/head/Conv")]  # the default rule keeps those
+    assert rec["met"] is False and sorted(rec["kept_float"]) == sorted(free)  # every round ran, all kept
+    assert list(rec["ranking_sqnr_db"]) == rec["kept_float"]  # most sensitive first
+    assert set(rec["kept_float"]) <= set(q["int8-cpu"]["float_nodes"]) and set(rec["kept_float"]) <= set(
+        q["int8-trt"]["float_nodes"])
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "kept.onnx")
+    ort.InferenceSession(str(forced.file_path("segment", "int8-cpu")), so, providers=["CPUExecutionProvider"])
+    ops = {n.name: n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+    # float where ONNX Runtime honours it; the ones its optimiser re-quantised are named
+    for name in rec["kept_float"]:
+        assert ops.get(name) in ("Conv", "FusedConv") or name in rec["ort_cpu_runs_int8_anyway"]
+    assert rec["ort_cpu_runs_int8_anyway"] == ["/down/down.1/Conv"]  # input from MaxPool, output to ReLU: int8
