@@ -56,5 +56,8 @@ def run_curve(package, model, targets: tuple[int, ...], work: Path, outputs: Pat
             echo(f"  [curve] {scan.name} {v.name}: {state}")
             dest.unlink(missing_ok=True)
             dest.with_name(f"curve-{v.name}.volumes.json").unlink(missing_ok=True)
-    return {"scans": [s.to_dict() for s in scans], "variants": [v.to_dict() for v in variants], "rows": rows,
+    from kidedge.bench.run import portable_scan
+
+    return {"scans": [portable_scan(s.to_dict(), work) for s in scans], "variants": [v.to_dict() for v in variants],
+            "rows": rows,
             "baseline_max_slices": baseline_max_slices}

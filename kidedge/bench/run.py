@@ -34,6 +34,18 @@ def _default_labels() -> Path | None:
     return None
 
 
+def portable_scan(d: dict, work: Path) -> dict:
+    """A scan's dict for the results: its files relative to the benchmark cache, so no path
+    of the machine that ran it goes into committed results."""
+    out = dict(d)
+    for key in ("image", "truth"):
+        try:
+            out[key] = "<bench cache>/" + Path(d[key]).resolve().relative_to(Path(work).resolve()).as_posix()
+        except ValueError:
+            out[key] = Path(d[key]).name
+    return out
+
+
 def _package_id(package) -> str:
     text = json.dumps(package.manifest.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -178,7 +190,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, model: 
                               "input": s.preprocess.in_plane + (f" {list(s.preprocess.size)}" if s.preprocess.size else ""),
                               "files": sorted(s.files)} for s in package.stages]},
         "method": _method_lines(quick, threads),
-        "scans": [s.to_dict() for s in scans],
+        "scans": [portable_scan(s.to_dict(), work) for s in scans],
         "variants": [v.to_dict() for v in variants],
         "summary": summary,
         "targets": evaluate_targets(scans, variants, summary, curve_result),
