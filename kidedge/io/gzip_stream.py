@@ -12,7 +12,8 @@ Inflating is the floor of every read of a ``.nii.gz``. Where the optional ``isal
 package (python-isal, Intel's ISA-L inflate: ``pip install kidedge[fast-io]``) is
 installed, a reader that needs no checkpoints inflates with it (inflating a 602-slice
 512x512 int16 scan took 0.83 s instead of 1.44 s on the shared 2-core CPU; the whole read,
-page faults of the new array included, 2.33 s instead of 2.84 s: benchmarks/results/inflate.md);
+page faults of the new array included, 2.46 s instead of 3.77 s, nibabel 5.48 s, at load
+average 8.6: benchmarks/results/inflate.md);
 a reader that saves checkpoints uses zlib, because only zlib's state can be copied.
 ``KIDEDGE_INFLATE=zlib`` forces zlib everywhere (for comparisons); without isal, zlib is
 used and nothing else changes.
