@@ -9,7 +9,7 @@ benchmark and ``kidedge batch`` all call it, and write its labels with
 
 Inside, the stages run over the scan through the streaming pipeline: a single-stage
 package runs on every slice; a cascade runs its localiser on a low-resolution view of
-every slice and, with gating on, its segmenter at full resolution inside the region the
+one slice every :data:`LOCALISER_STEP_MM` and, with gating on, its segmenter at full resolution inside the region the
 localiser found (:mod:`kidedge.runtime.gating`). Then post-processing
 (:func:`kidedge.postprocess.review_segmentation`: masses seated on a kidney, kidneys by
 size and position beside the spine, per-scan warnings) and the volumes, on the labels'

@@ -1,7 +1,8 @@
 """Cascade gating: stage 1 finds the kidneys cheaply, stage 2 runs only there.
 
-Stage 1 (the package's ``localise`` stage) sees every slice, but at low resolution (its
-preprocessing resamples slices to e.g. 64x64). :class:`CascadeGate` collects, slice by
+Stage 1 (the package's ``localise`` stage) sees one slice every few millimetres (every
+slice of thick-slice scans; ``slice_step``), at low resolution (its preprocessing
+resamples slices to e.g. 96x96). :class:`CascadeGate` collects, slice by
 slice, where stage 1 found any of the ROI labels, maps that back to scan pixels, and turns
 it into one box (slices x rows x columns) grown by the stage's ``margin_mm`` in each
 direction using the scan's spacing (the ROI rule of :mod:`kidedge.regions`, which training
