@@ -25,7 +25,8 @@ errored blocks are dropped instead of failing the run, the actor pool replaces t
 worker, and the lost scan is listed as failed. A rerun does every scan not finished.
 
 Ray: without ``ray_address`` a private local Ray is started for this run (``workers``
-CPUs, no dashboard, a bounded object store; even where ``RAY_ADDRESS`` names a cluster) and
+CPUs, no dashboard, a bounded object store, workers at the command's own priority; even
+where ``RAY_ADDRESS`` names a cluster) and
 shut down at the end, even on error or Ctrl-C. With an address (``auto``, ``host:6379``,
 ``ray://host:10001``) the run joins that cluster as it is (nothing on it is configured or
 shut down; only this driver disconnects); its nodes need kidedge installed and the same
@@ -77,9 +78,12 @@ def ray_session(address: str | None, workers: int):
         if address:
             ray.init(address=address, **quiet)
         else:
-            # "local": a new private Ray even where RAY_ADDRESS names a cluster
+            # "local": a new private Ray even where RAY_ADDRESS names a cluster. Workers at
+            # this process's priority: Ray's default starts them 15 nicer than the driver,
+            # which on a shared machine leaves the segmenting to whatever CPU is left over.
             ray.init(address="local", num_cpus=workers, include_dashboard=False,
-                     object_store_memory=LOCAL_OBJECT_STORE_MB * 1024 * 1024, **quiet)
+                     object_store_memory=LOCAL_OBJECT_STORE_MB * 1024 * 1024,
+                     _system_config={"worker_niceness": 0}, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         ray.shutdown()  # whatever a failed start left behind
         where = f"--ray-address {address}" if address else "local Ray"

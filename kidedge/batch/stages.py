@@ -27,14 +27,14 @@ from kidedge.errors import KidedgeError
 from kidedge.io.scan import Scan
 
 ROW_KEYS = ("scan", "name", "output", "volumes_json", "payload", "volumes", "error",
-            "t_read", "t_segment", "t_write")
+            "t_read", "t_segment", "t_write", "finished_at")
 
 
 def new_row(item) -> dict:
     """The row of a :class:`kidedge.batch.plan.BatchItem` before any stage ran."""
     return {"scan": item.scan, "name": item.name, "output": item.output,
             "volumes_json": item.volumes_json, "payload": None, "volumes": None,
-            "error": None, "t_read": 0.0, "t_segment": 0.0, "t_write": 0.0}
+            "error": None, "t_read": 0.0, "t_segment": 0.0, "t_write": 0.0, "finished_at": 0.0}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -137,9 +137,10 @@ class SegmentStage:
 
 def write_stage(row: dict, package_name: str = "", fmt: str = "nifti") -> dict:
     """Write the label map (NIfTI or DICOM SEG) in the input's geometry, then the volumes
-    record that marks the scan finished (:func:`kidedge.batch.plan.finished_record`)."""
+    record that marks the scan finished (:func:`kidedge.batch.plan.finished_record`).
+    ``finished_at``: when the scan left the pipeline (epoch seconds), written or failed."""
     if row["error"]:
-        row["payload"] = None
+        row["payload"], row["finished_at"] = None, time.time()
         return row
     with _stage(row, "t_write"):
         from kidedge.batch.plan import file_digest
@@ -160,4 +161,5 @@ def write_stage(row: dict, package_name: str = "", fmt: str = "nifti") -> dict:
             "scan": row["scan"], "segmentation": row["output"], "package": package_name,
             "output_bytes": size, "output_sha256": digest, "volumes": json.loads(row["volumes"])})
         row["payload"] = None
+    row["finished_at"] = time.time()
     return row

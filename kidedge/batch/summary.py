@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 #: Volumes reported per scan (mL), from the volumes record's "classes" and "sides".
 VOLUME_COLUMNS = ("kidney_ml", "tumour_ml", "cyst_ml", "left_kidney_ml", "right_kidney_ml")
 #: seconds: the scan's total; read_s / segment_s / write_s: each stage's share (the stages
-#: of different scans overlap, so a run's wall time is not the sum of these).
-COLUMNS = ("scan", "status", "seconds", "read_s", "segment_s", "write_s", *VOLUME_COLUMNS, "output", "error")
-_NO_TIMES = {"seconds": "", "read_s": "", "segment_s": "", "write_s": ""}
+#: of different scans overlap, so a run's wall time is not the sum of these); finished:
+#: when the scan left the pipeline (UTC, ISO 8601).
+COLUMNS = ("scan", "status", "seconds", "read_s", "segment_s", "write_s", "finished", *VOLUME_COLUMNS,
+           "output", "error")
+_NO_TIMES = {"seconds": "", "read_s": "", "segment_s": "", "write_s": "", "finished": ""}
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -32,6 +35,12 @@ def volume_columns(volumes: dict | None) -> dict[str, float | str]:
     return out
 
 
+def _iso(epoch: float | None) -> str:
+    if not epoch:
+        return ""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
 def summary_line(row: dict) -> dict:
     """A finished pipeline row -> its CSV line."""
     failed = bool(row.get("error"))
@@ -39,7 +48,7 @@ def summary_line(row: dict) -> dict:
     volumes = None if failed or not row.get("volumes") else json.loads(row["volumes"])
     return {"scan": row["scan"], "status": FAILED if failed else DONE, "seconds": round(seconds, 3),
             "read_s": round(row.get("t_read", 0.0), 3), "segment_s": round(row.get("t_segment", 0.0), 3),
-            "write_s": round(row.get("t_write", 0.0), 3),
+            "write_s": round(row.get("t_write", 0.0), 3), "finished": _iso(row.get("finished_at")),
             **volume_columns(volumes), "output": "" if failed else row["output"],
             "error": row.get("error") or ""}
 

@@ -58,6 +58,7 @@ def test_stages_write_what_infer_writes_and_bad_scans_are_recorded(tmp_path, arc
         assert finished_record(item, "test-single") == record
         line = summary_line(row)
         assert line["status"] == "done" and line["kidney_ml"] == round(ref_volumes["classes"]["kidney_ml"], 3)
+        assert line["finished"].endswith("+00:00") and line["segment_s"] > 0
 
 
 def test_dicom_seg_format(tmp_path, package):
