@@ -1,6 +1,14 @@
 """Phantom generation speed: a 512 x 512 x 200 case should take seconds, not minutes.
 
-Measures, in one process and one run, :func:`kidedge.phantom.make_phantom` for
+Measures, in one process and one run:
+
+- anatomical training cases (``kidedge phantom --training-set``, when ../shared/data is
+  present): the first ``--anatomical`` cases of the seed-0 set, each generated and written
+  (ISA-L gzip) by :func:`kidedge.phantom.training_set.make_case`; CPU seconds include
+  reading the body and KiTS label maps (a worker reuses a body for consecutive cases);
+  size in MB of the two files;
+
+and :func:`kidedge.phantom.make_phantom` for
 
 - procedural cases of 512 x 512 x 200 (0.78 mm pixels, 2 mm slices), three seeds;
 - from-labels cases on real KiTS19 label maps from ../shared/data/kits19-labels (when
@@ -10,7 +18,9 @@ and, separately, writing one case as the KiTS layout (gzip NIfTI of imaging and 
 which is often the slower half. Times are wall seconds (median of the cases) and the
 process's CPU seconds; peak RSS is the process high-water mark at the end.
 
-Usage: python benchmarks/bench_phantom.py [--out benchmarks/results]
+The machine is shared: the load average is recorded at the start and end.
+
+Usage: python benchmarks/bench_phantom.py [--out benchmarks/results] [--anatomical N]
 Writes phantom.json and phantom.md.
 """
 
@@ -52,10 +62,30 @@ def _nearest_cases(n_slices: int, k: int):
     return sorted(files, key=lambda p: (abs(nib.load(p).shape[0] - n_slices), p.name))[:k]
 
 
+def _anatomical(n: int) -> list[dict]:
+    from kidedge.phantom.anatomy import find_body_files
+    from kidedge.phantom.training_set import default_folders, kidney_files, make_case, plan_cases
+
+    jobs, _ = plan_cases(find_body_files(default_folders("bodies")),
+                         kidney_files(default_folders("kidneys")), 400, seed=0)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for job in sorted(jobs[:n], key=lambda j: (j["body"], j["case"])):
+            rec = make_case(job, Path(tmp))
+            out.append({"case": rec["case"], "body": rec["body"], "kidneys": rec["kidneys"] or "own",
+                        "phase": rec["appearance"]["phase"], "slices": rec["grid"]["shape"][0],
+                        "slice_mm": rec["grid"]["spacing"][0], "cpu_s": rec["cpu_s"], "mb": rec["mb"]})
+            print(out[-1], flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--anatomical", type=int, default=8)
     args = ap.parse_args()
+    load_start = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else []
+    anat = _anatomical(args.anatomical) if LABELS.is_dir() and args.anatomical > 0 else []
     rows = []
     for seed in (1, 2, 3):
         ph, wall, cpu = _timed(lambda s=seed: make_phantom(s, shape=(200, 512, 512), spacing=(2.0, 0.78125, 0.78125)))
@@ -74,6 +104,7 @@ def main() -> int:
         _, write_s, write_cpu = _timed(lambda: (_save_nifti(ph.hu, ph.affine, Path(tmp) / "imaging.nii.gz"),
                                                 _save_nifti(ph.labels, ph.affine, Path(tmp) / "segmentation.nii.gz")))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    load_end = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else []
     summary = {}
     for mode in ("procedural", "from-labels"):
         w = [r["wall_s"] for r in rows if r["mode"] == mode]
@@ -81,13 +112,28 @@ def main() -> int:
             summary[mode] = {"median_wall_s": statistics.median(w), "max_wall_s": max(w), "cases": len(w)}
     result = {"machine": machine_label(), "python": platform.python_version(), "rows": rows, "summary": summary,
               "write_one_case_s": write_s, "write_one_case_cpu_s": write_cpu, "write_shape": list(ph.hu.shape),
-              "peak_rss_mb": peak_mb}
+              "peak_rss_mb": peak_mb, "anatomical": anat, "loadavg_start": load_start,
+              "loadavg_end": load_end}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "phantom.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Phantom generation speed", "", f"Machine: {result['machine']}. "
-             "Command: `python benchmarks/bench_phantom.py`.", "",
-             "| mode | case | shape (slices, rows, cols) | wall s | CPU s |", "|---|---|---|---|---|"]
+    lines = ["# Phantom generation speed", "", f"Machine: {result['machine']}, shared with other "
+             f"jobs (load average {' '.join(load_start)} at the start, {' '.join(load_end)} at the "
+             "end). Command: `python benchmarks/bench_phantom.py`.", "",
+             "The CPU seconds are the cost of a case (generation is single-threaded numpy/scipy); "
+             "wall seconds include waiting for the shared CPU.", ""]
+    if anat:
+        cpu = [a["cpu_s"] for a in anat]
+        mb = [a["mb"] for a in anat]
+        lines += ["## Anatomical training cases (`kidedge phantom OUT --training-set`)", "",
+                  "| case | body | kidneys | phase | slices x mm | CPU s (read, make, write) | MB |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {a['case']} | {a['body']} | {a['kidneys']} | {a['phase']} | "
+                  f"{a['slices']} x {a['slice_mm']} | {a['cpu_s']:.2f} | {a['mb']:.1f} |" for a in anat]
+        lines += ["", f"Median {statistics.median(cpu):.1f} CPU s per case (max {max(cpu):.1f}), "
+                  f"median {statistics.median(mb):.1f} MB (max {max(mb):.1f}) over {len(anat)} cases.", ""]
+    lines += ["## Procedural phantoms (`make_phantom`)", "",
+              "| mode | case | shape (slices, rows, cols) | wall s | CPU s |", "|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['case']} | {tuple(r['shape'])} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} |" for r in rows]
     lines += ["", f"Writing the last case as KiTS layout (gzip NIfTI, imaging + labels, shape "
               f"{tuple(result['write_shape'])}): {write_s:.2f} s. Peak RSS of the process: {peak_mb:.0f} MB.", ""]
