@@ -108,6 +108,11 @@ def _runner(spec: dict):
 
         return MonaiSliceInferer(spec["model"], batch=spec.get("batch", 16), threads=spec.get("threads"),
                                  image=spec["image"], out=spec["out"], region=spec.get("region", True))
+    if kind == "papers3d":  # a 3D package: whole float volume, torch eager, MONAI sliding window
+        from kidedge.bench.papers3d import PapersWay3D
+
+        return PapersWay3D(spec["model"], spec["image"], spec["out"], batch=spec.get("batch", 1),
+                           threads=spec.get("threads"))
     if kind == "kidedge":
         from kidedge.bench.kidedge_variant import KidedgeRunner
 
