@@ -130,6 +130,10 @@ def seat_masses_on_kidney(block: np.ndarray, spacing) -> list[dict]:
     """Rule 1, in place on ``block``: remove each mass component with too little interface
     with kidney parenchyma, or (from ``MASS_ROUND_FROM_ML``) too ragged a shape. Returns
     one finding per mass component."""
+    box = _foreground_box(block >= 2)  # label the masses' own box (one voxel of kidney around)
+    if box is None:
+        return []
+    block = block[box]  # a view: removals below write through
     comp, n = ndimage.label(block >= 2, structure=_CONNECTIVITY)
     voxel_ml = _voxel_ml(spacing)
     found = []
@@ -219,17 +223,17 @@ def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel
 
 
 def _gap_mm(piece: dict, main: dict, comp: np.ndarray, offset: np.ndarray, spacing) -> float:
-    """Shortest distance (mm) from ``piece``'s voxels to ``main``'s, looked for only within
-    ``PIECE_GAP_MM`` around the piece (inf when farther)."""
+    """Shortest distance (mm, voxel centre to voxel centre) from ``piece`` to ``main``,
+    looked for only within ``PIECE_GAP_MM`` around the piece (inf when farther)."""
     grow = np.ceil(PIECE_GAP_MM / np.asarray(spacing, float)).astype(int) + 1
     lo = np.maximum(piece["lo"] - offset - grow, 0)
     hi = np.minimum(piece["hi"] - offset + grow + 1, comp.shape)
-    window = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    near_main = comp[window] == main["id"]
+    window = comp[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    near_main = window == main["id"]
     if not near_main.any():
         return float("inf")
     dist = ndimage.distance_transform_edt(~near_main, sampling=spacing)
-    return float(dist[comp[window] == piece["id"]].min())
+    return float(dist[window == piece["id"]].min())
 
 
 def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_start=None,
@@ -275,7 +279,9 @@ def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_sta
         findings["components"] = [_describe(c, c["id"] in keep, start, scan_shape) for c in comps]
     else:
         divide, findings["midline_from"] = _divide([], affine, landmarks, start, scan_shape)
-    volumes = class_volumes_ml(out, spacing, affine=affine, divide_leftness_mm=divide)
+    kept = [c for c in findings["components"] if c["kept"]]
+    per_side = {side: sum(c["side"] in (side, "both") for c in kept) for side in ("left", "right")}
+    volumes = class_volumes_ml(out, spacing, affine=affine, divide_leftness_mm=divide, side_components=per_side)
     return ReviewedSegmentation(out, volumes, _warnings(volumes, findings), findings)
 
 

@@ -219,7 +219,8 @@ def _split_spacing_affine(spacing_or_affine, affine):
     return tuple(float(s) for s in arr), affine
 
 
-def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: float | None = None) -> dict:
+def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: float | None = None,
+                     side_components: dict | None = None) -> dict:
     """Volumes in mL per class and per side (left and right kidney).
 
     Args:
@@ -235,6 +236,9 @@ def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: floa
             ``components`` counts those with any voxel on it. None: whole components by
             their centroids, split as the module docstring says.
             :func:`review_segmentation` passes the spine's midline here.
+        side_components: with ``divide_leftness_mm``, the ``components`` count per side
+            when the caller knows it (``{"left": n, "right": m}``), which saves labelling
+            the components again.
 
     Returns:
         JSON-ready dict: ``voxel_ml``; ``classes`` with ``kidney_ml`` (labels 1-3, the KiTS
@@ -265,7 +269,18 @@ def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: floa
 
     sides = {side: np.zeros(4, dtype=np.int64) for side in ("left", "right")}
     n_side = {"left": 0, "right": 0}
-    if box is not None:
+    if box is not None and divide_leftness_mm is not None:
+        left_of = np.broadcast_to(_voxel_leftness(block.shape, box, affine, sp) > divide_leftness_mm, block.shape)
+        for value in (1, 2, 3):
+            sides["left"][value] = np.count_nonzero((block == value) & left_of)
+        sides["right"] = counts[:4] - sides["left"]
+        sides["right"][0] = 0
+        if side_components is None:
+            comp, _ = ndimage.label(block > 0, structure=_CONNECTIVITY)
+            side_components = {side: int(np.count_nonzero(np.unique(comp[sel])))
+                               for side, sel in (("left", left_of), ("right", ~left_of))}
+        n_side = {side: int(side_components[side]) for side in ("left", "right")}
+    elif box is not None:
         comp, n = ndimage.label(block > 0, structure=_CONNECTIVITY)
         centroids = np.zeros((n, 3))
         for i, sl in enumerate(ndimage.find_objects(comp)):
@@ -278,25 +293,12 @@ def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: floa
         leftness = _leftness_mm(centroids, affine, sp)
         centre = np.array([[(s - 1) / 2.0 for s in arr.shape]])
         divide = float(_leftness_mm(centre, affine, sp)[0])
-        if divide_leftness_mm is not None:
-            grid = np.indices(block.shape, sparse=True)
-            grid = [g + box[a].start for a, g in enumerate(grid)]
-            if affine is None:
-                left_of = grid[2] * sp[2] > divide_leftness_mm
-            else:
-                left_of = -(affine[0, 0] * grid[0] + affine[0, 1] * grid[1] + affine[0, 2] * grid[2]
-                            + affine[0, 3]) > divide_leftness_mm
-            left_of = np.broadcast_to(left_of, block.shape)
-            for side, sel in (("left", left_of), ("right", ~left_of)):
-                sides[side] = np.bincount(block[sel], minlength=4)[:4]
-                sides[side][0] = 0
-                n_side[side] = int(np.count_nonzero(np.unique(comp[sel])))
-        elif n >= 2:
+        if n >= 2:
             big = np.argsort(sizes)[::-1][:2]
             if abs(leftness[big[0]] - leftness[big[1]]) >= _MIN_KIDNEY_SEPARATION_MM:
                 # two kidneys: split between them, whatever the patient's position in the field of view
                 divide = 0.5 * (leftness[big[0]] + leftness[big[1]])
-        for i in range(n if divide_leftness_mm is None else 0):  # else: done voxel by voxel above
+        for i in range(n):
             side = "left" if leftness[i] > divide else "right"  # dead centre counts as right
             sides[side] += per[i + 1]
             n_side[side] += 1
@@ -308,6 +310,15 @@ def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: floa
         "sides": {side: {**volumes(sides[side]), "components": n_side[side]} for side in ("left", "right")},
         "side_from": "affine" if affine is not None else "columns",
     }
+
+
+def _voxel_leftness(shape, box, affine, spacing) -> np.ndarray:
+    """:func:`_leftness_mm` of every voxel of ``box`` (a block of that ``shape``), as a
+    broadcastable sparse grid (no array of the block's size is built)."""
+    s, r, c = (g + b.start for g, b in zip(np.indices(shape, sparse=True), box, strict=True))
+    if affine is None:
+        return c * float(spacing[2])
+    return -(affine[0, 0] * s + affine[0, 1] * r + affine[0, 2] * c + affine[0, 3])
 
 
 def _leftness_mm(voxel_points: np.ndarray, affine, spacing) -> np.ndarray:
