@@ -16,11 +16,14 @@ and side) and one-line warnings for the reader. numpy and scipy only. The rules,
    thresholds lie below every real mass of at least 1 mL in the KiTS19 and KiTS23 label
    maps in ../shared/data (491 masses; measured with the same face-area formulas): contact
    fraction lowest 0.049 (a 2591 mL tumour), 1st percentile 0.11; sphericity lowest 0.297,
-   1st percentile 0.40. Infiltrative tumours less round than that would be removed:
-   none of the 491 is.
+   1st percentile 0.40 (``benchmarks/kits_label_statistics.py`` recomputes them).
+   Infiltrative tumours less round than that would be removed: none of the 491 is. The
+   false masses of the ircadb-01 validation CT (sphericity 0.16-0.25 with the first
+   built-in model) were seen before the value was fixed, so ircadb-01 does not test it
+   independently; the held-out phantoms and the further real CTs do.
 2. **Pieces go.** A kidney component (labels 1-3, 26-connected) below ``PIECE_ML`` is
    removed: in the 350 KiTS19/KiTS23 label maps every third or later component is below
-   1 mL, while the smallest real kidney is 44 mL. When even the largest component is
+   1 mL, while the smallest real kidney is 43 mL (KiTS19 case 88). When even the largest is
    small (under 30 mL: a scan that cuts the kidneys' poles, a small child, a test
    fixture) the floor is ``PIECE_FRACTION`` of the largest instead, so a scan is never
    emptied by this rule.
