@@ -90,7 +90,9 @@ def seg_pixels_pydicom(seg_path: Path, source: SourceSeries) -> np.ndarray:
         idx, rows, cols = source.locate(lps)
         ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         assert set(idx.tolist()) == {source.uid_index(ref)}, "frame references another image"
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        # per frame, or shared by all frames when the SEG has a single segment
+        ident = item if "SegmentIdentificationSequence" in item else shared
+        number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         out.append(source.codes(idx, rows, cols, np.full(r.size, classes[number])))
     return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
 

@@ -121,6 +121,19 @@ def test_frames_only_where_labels_are_and_one_segment_per_class_present(tmp_path
     assert {r.ReferencedSOPInstanceUID for r in ref.ReferencedInstanceSequence} == set(scan.dicom.sop_instance_uids)
 
 
+def test_a_single_segment_reads_back_the_same(tmp_path):
+    # with one segment highdicom may put the segment identification in the shared groups
+    write_ct_series(tmp_path / "s", [(0.0, 0.0, 2.0 * k) for k in range(4)], shape=(ROWS, COLS))
+    scan = load_scan(tmp_path / "s")
+    labels = (pattern(scan.shape) > 0).astype(np.uint8) * 2
+    seg, nii = _write_both(scan, labels, tmp_path)
+    source = SourceSeries(tmp_path / "s")
+    from_seg = seg_pixels_pydicom(seg, source)
+    assert from_seg.size == int((labels > 0).sum())
+    np.testing.assert_array_equal(from_seg, nifti_pixels(nii, source))
+    np.testing.assert_array_equal(from_seg, expected_axial(labels, source))
+
+
 def test_nothing_labelled_is_one_empty_kidney_frame(tmp_path):
     write_ct_series(tmp_path / "s", [(0.0, 0.0, 2.0 * k) for k in range(4)], shape=(ROWS, COLS))
     scan = load_scan(tmp_path / "s")
