@@ -30,9 +30,10 @@ class Engine:
         self.package_name = segmenter.package.name
 
     def segment(self, scan, gate: bool = True):
-        """Canonical labels (sparse, post-processed) and the volumes in mL of one scan."""
+        """Canonical labels (sparse, post-processed), the volumes in mL and the review's
+        warnings (one line each, as ``kidedge infer`` prints them) of one scan."""
         result = self.segmenter.segment(scan, gate=gate)
-        return result.labels, result.volumes
+        return result.labels, result.volumes, list(result.warnings)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ call them directly.
 
 Each stage takes and returns one row (a dict with the same keys throughout, so Ray Data
 sees one schema): the scan's paths, ``payload`` (pickled: the scan's voxels after read,
-its labels after segment), ``volumes`` (JSON text), ``error`` (one line, or None) and the
+its labels after segment), ``volumes`` and ``warnings`` (JSON text), ``error`` (one line, or None) and the
 seconds each stage took. A stage never raises for a bad scan: it fills ``error`` and later
 stages pass the row through, so one scan's failure is recorded and the others go on.
 
@@ -26,7 +26,7 @@ import numpy as np
 from kidedge.errors import KidedgeError
 from kidedge.io.scan import Scan
 
-ROW_KEYS = ("scan", "name", "output", "volumes_json", "payload", "volumes", "error",
+ROW_KEYS = ("scan", "name", "output", "volumes_json", "payload", "volumes", "warnings", "error",
             "t_read", "t_segment", "t_write", "finished_at")
 
 
@@ -34,7 +34,7 @@ def new_row(item) -> dict:
     """The row of a :class:`kidedge.batch.plan.BatchItem` before any stage ran."""
     return {"scan": item.scan, "name": item.name, "output": item.output,
             "volumes_json": item.volumes_json, "payload": None, "volumes": None,
-            "error": None, "t_read": 0.0, "t_segment": 0.0, "t_write": 0.0, "finished_at": 0.0}
+            "warnings": "[]", "error": None, "t_read": 0.0, "t_segment": 0.0, "t_write": 0.0, "finished_at": 0.0}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -126,8 +126,8 @@ class SegmentStage:
         with _stage(row, "t_segment"):
             data = pickle.loads(row["payload"])
             scan = _rebuild(data["geometry"], data["native"])
-            labels, volumes = self.engine.segment(scan, gate=self.gate)
-            row["volumes"] = json.dumps(volumes)
+            labels, volumes, warnings = self.engine.segment(scan, gate=self.gate)
+            row["volumes"], row["warnings"] = json.dumps(volumes), json.dumps(warnings)
             row["payload"] = pickle.dumps({"geometry": data["geometry"], "labels": labels}, protocol=5)
         return row
 
@@ -159,7 +159,8 @@ def write_stage(row: dict, package_name: str = "", fmt: str = "nifti") -> dict:
         size, digest = file_digest(row["output"])
         write_json_atomic(row["volumes_json"], {
             "scan": row["scan"], "segmentation": row["output"], "package": package_name,
-            "output_bytes": size, "output_sha256": digest, "volumes": json.loads(row["volumes"])})
+            "output_bytes": size, "output_sha256": digest, "volumes": json.loads(row["volumes"]),
+            "warnings": json.loads(row["warnings"])})
         row["payload"] = None
     row["finished_at"] = time.time()
     return row

@@ -52,8 +52,10 @@ def test_stages_write_what_infer_writes_and_bad_scans_are_recorded(tmp_path, arc
         np.testing.assert_array_equal(np.asarray(got.dataobj), np.asarray(want.dataobj))
         np.testing.assert_array_equal(got.affine, want.affine)
         record = json.loads(Path(row["volumes_json"]).read_text())
-        ref_volumes = json.loads((tmp_path / "ref" / f"{scan.parent.name}.volumes.json").read_text())["volumes"]
+        ref_record = json.loads((tmp_path / "ref" / f"{scan.parent.name}.volumes.json").read_text())
+        ref_volumes = ref_record["volumes"]
         assert record["volumes"] == ref_volumes and record["volumes"]["classes"]["kidney_ml"] > 0
+        assert record["warnings"] == ref_record["warnings"] and record["warnings"]  # the review's notes travel too
         item = next(i for i in items if i.scan == row["scan"])
         assert finished_record(item, "test-single") == record
         line = summary_line(row)
