@@ -353,10 +353,16 @@ def _warnings(volumes: dict, findings: dict) -> list[str]:
         out.append("a kidney crosses the midline (horseshoe kidney, or a false bridge through the vessels): check")
     gone_masses = sum(m["ml"] for m in findings["masses"] if not m["kept"])
     if gone_masses >= REPORT_REMOVED_ML:
-        out.append(f"removed {gone_masses:.0f} mL labelled tumour/cyst not seated on a kidney")
+        out.append(f"removed {_ml(gone_masses)} labelled tumour/cyst not seated on a kidney")
     gone = [c for c in findings["components"] if not c["kept"]]
     if sum(c["ml"] for c in gone) >= REPORT_REMOVED_ML:
         why = sorted({c["reason"] for c in gone if c["ml"] >= PIECE_ML})
-        out.append(f"removed {sum(c['ml'] for c in gone):.0f} mL labelled kidney outside the kidneys"
+        out.append(f"removed {_ml(sum(c['ml'] for c in gone))} labelled kidney outside the kidneys"
                    + (f" ({'; '.join(why)})" if why else ""))
     return out
+
+
+def _ml(v: float) -> str:
+    """A volume for a warning: whole mL, with one decimal under 10 mL (a removed 0.4 mL
+    speck must not read as "0 mL")."""
+    return f"{v:.0f} mL" if v >= 10 else f"{v:.1f} mL"
