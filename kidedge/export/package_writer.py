@@ -59,8 +59,13 @@ def _parity_inputs(volume, stage: dict, dimensionality: str, n_slices: int, dept
 
 
 class _OrtRunner:
-    def __init__(self, path: Path, threads: int):
-        self.session = ort_session(path, threads)
+    """Logits of a precision's ONNX file, run the way fidelity scores that precision
+    (:func:`kidedge.export.fidelity.variant_session`: int8-trt by the TensorRT stand-in)."""
+
+    def __init__(self, path: Path, threads: int, variant: str = "fp32"):
+        from kidedge.export.fidelity import variant_session
+
+        self.session = variant_session(path, variant, threads)
 
     def __call__(self, x):
         return run_onnx(self.session, x)
@@ -88,7 +93,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                held_out_cases: int = 2, calib_cases: int = 4, slices_per_case: int = 8,
                parity_slices: int = 6, depth: int = 16, cpu_format: str | None = None,
                float_nodes: str = "rule", threads: int = 2, tensorrt_settings: dict | None = None,
-               data: str = "auto", max_slices: int = 48, model_factory=None, quiet: bool = False) -> int:
+               data: str = "auto", max_slices: int = 48, model_factory=None, quiet: bool = False,
+               allow_int8_fidelity_loss: bool = False) -> int:
     """Export every stage of ``run_dir`` to a model package at ``out``.
 
     Args:
@@ -122,6 +128,10 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         model_factory: ``f(arch, **model_kwargs) -> nn.Module`` (default: the model
             registry, :func:`kidedge.train.models.build_model`).
         quiet: no progress lines.
+        allow_int8_fidelity_loss: ship an int8 variant that fails the int8 gate
+            (:func:`kidedge.export.fidelity.int8_gate`: more than 0.005 Dice lost against the
+            truth on the held-out cases); by default it is left out of the package. Either
+            way the decision is in the manifest (``export_report.int8_gate``).
 
     Returns:
         0 (the CLI's exit code).
@@ -261,9 +271,9 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                     else:
                         q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
                                                    cpu_format=cpu_format, calibration_cache=cache)
-                    parity[variant] = compare_logits(torch_logits, run_onnx(ort_session(path, threads), x))
+                    runners[variant] = _OrtRunner(path, threads, variant)
+                    parity[variant] = compare_logits(torch_logits, runners[variant](x))
                     files[variant] = {"path": f"{sname}/{variant}.onnx"}
-                    runners[variant] = _OrtRunner(path, threads)
                     say(f"stage {sname}: {variant} argmax agreement {parity[variant]['argmax_agreement']:.4f}")
                 report["quantisation"].setdefault(sname, {}).update(q)
 
@@ -287,7 +297,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 say(f"stage {sname}: building TensorRT plans {sorted(onnx_for)}")
                 files["tensorrt"] = build_stage_plans(sdir, sname, onnx_for, settings, trt)
 
-            # 5. Fidelity against fp32 on held-out phantoms.
+            # 5. Fidelity against fp32 and the truth on the held-out cases.
             say(f"stage {sname}: fidelity on {len(held_out)} held-out cases")
             report["fidelity"][sname] = fidelity = _fidelity(runners, held_out, st, dim)
             report["parity"][sname] = parity
@@ -297,6 +307,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             del runners, model
 
         shutil.rmtree(tmp / ".work", ignore_errors=True)
+        if int8:
+            _apply_int8_gate(report, stages, tmp, allow_int8_fidelity_loss, say)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "name": name or run.get("recipe") or run_dir.name,
@@ -324,6 +336,21 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         raise
     say(f"wrote {out}")
     return 0
+
+
+def _apply_int8_gate(report: dict, stages: list[dict], package_dir: Path, allow: bool, say) -> None:
+    """Judge the int8 variants on the fidelity just measured; record the decision and
+    remove the refused variants' files. A refusal is printed even with ``quiet``."""
+    from kidedge.export.fidelity import drop_refused_variants, int8_gate
+    from kidedge.export.quantize import VARIANTS
+
+    report["int8_gate"] = gate = int8_gate(report["fidelity"], VARIANTS, allow_loss=allow)
+    drop_refused_variants(stages, gate, package_dir)
+    for variant, g in gate["variants"].items():
+        if g["passed"]:
+            say(f"{variant}: passed the int8 gate")
+        else:
+            print(f"kidedge export: {variant}: {g['decision']}: {'; '.join(g['failures'])}", flush=True)
 
 
 def _fidelity(runners: dict, volumes, stage: dict, dim: str) -> dict:

@@ -10,7 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from kidedge.export.held_out import CTVolume
-from kidedge.preprocess import PreprocessSpec, context_indices, preprocess_slices
+from kidedge.preprocess import (
+    PreprocessSpec,
+    context_indices,
+    output_size,
+    padded_size,
+    preprocess_slices,
+    resize_labels_nearest,
+)
 from kidedge.regions import ROI_LABELS, bounding_box, grow_box, margin_voxels, region_mask
 
 #: Per-slice categories for calibration sampling.
@@ -57,6 +64,25 @@ def slice_inputs(volume: CTVolume, stage: dict, indices) -> np.ndarray:
                                            volume.slope, volume.intercept))
             start = k
     return np.ascontiguousarray(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+
+
+def slice_truth(volume: CTVolume, stage: dict, indices) -> np.ndarray | None:
+    """The labels of the given slices on the stage's network grid ``(len(indices), h, w)``
+    uint8 (the same box, resampling and padding as :func:`slice_inputs`; nearest neighbour,
+    padding is background), or None for a volume without labels.
+
+    Export scores each precision against it (fidelity against the truth, the int8 gate).
+    """
+    if volume.labels is None:
+        return None
+    spec = stage_spec(stage)
+    rows, cols = roi_box(volume, stage)
+    lab = volume.labels[np.asarray(list(indices), dtype=np.int64)][:, rows, cols]
+    size = output_size(spec, lab.shape[1:], volume.pixel_spacing)
+    ph, pw = padded_size(spec, size)
+    out = np.zeros((lab.shape[0], ph, pw), np.uint8)
+    out[:, : size[0], : size[1]] = resize_labels_nearest(lab, size)
+    return out
 
 
 def block_input(volume: CTVolume, stage: dict, start: int, depth: int) -> np.ndarray:
