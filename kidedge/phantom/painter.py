@@ -1,10 +1,9 @@
 """Paints a body plan one axial slice at a time, as tissue codes.
 
-Vectorised ellipse and segment tests inside bounding boxes, so a 512x512 slice costs a
-few ms. ``SlicePainter.paint`` draws a whole procedural body; its parts (wall, lungs,
-bowel, organs, vessels, muscles, spine, ribs, what lies outside the body) are separate
-methods so that the anatomical phantoms (``kidedge.phantom.filler``) can draw only what
-their real label maps lack.
+Vectorised ellipse and segment tests inside bounding boxes: a 512x512 slice costs a few
+ms. ``SlicePainter.paint`` draws a whole procedural body; its parts (wall, lungs, bowel,
+organs, vessels, muscles, spine, ribs, what lies outside the body) are separate methods so
+the anatomical phantoms (``kidedge.phantom.filler``) draw only what their maps lack.
 
 Orientation is KiTS19's canonical one: rows run anterior -> posterior (y in mm grows
 posteriorly), columns run from the patient's right to left (x grows to the left), slices
