@@ -256,10 +256,15 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 work = tmp / ".work" / sname
                 work.mkdir(parents=True)
                 prepared = prepare_for_quantization(fp32_path, work / "prepared.onnx")
+                cache, splits = work / "calibration.json", None
+                if dim == "2d":  # per-branch int8 scales for a U-Net skip concatenation
+                    from kidedge.export.concat_split import split_for_int8
+
+                    prepared, splits, cache = split_for_int8(prepared, reader, calib_method, work)
                 exclude = float_node_rule(prepared) if float_nodes == "rule" else []
-                cache = work / "calibration.json"
                 q = {"calibration": {**csum, "method": calib_method, "source": calib_source},
-                     "float_nodes_rule": "first and last Conv stay float" if float_nodes == "rule" else "none"}
+                     "float_nodes_rule": "first and last Conv stay float" if float_nodes == "rule" else "none",
+                     **({"concat_split": splits} if splits is not None else {})}
                 for variant in ("int8-cpu", "int8-trt"):
                     path = sdir / f"{variant}.onnx"
                     if dim == "3d" and variant == "int8-cpu":  # + float layers: ORT's, and for fidelity

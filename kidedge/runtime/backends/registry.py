@@ -107,6 +107,11 @@ def _onnx_keys(device: str, precision: str) -> tuple[str, ...]:
     return (precision,)
 
 
+#: Why a package may lack int8 (said when --precision int8 finds none).
+_NO_INT8 = ("; export leaves out an int8 variant that fails its fidelity gate (the manifest's "
+            "export_report.int8_gate says why): use --precision auto, fp16 or fp32")
+
+
 def _resolve_files(package, backend: str, device: str, precision: str, dla_core: int | None = None,
                    notes: list[str] | None = None) -> dict[str, str]:
     """Stage name -> file key for this backend, or KidedgeError naming what is missing.
@@ -122,7 +127,7 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
             if key is None:
                 raise KidedgeError(
                     f"{package.source}: stage {stage.name!r} has no {precision if precision != 'auto' else keys[-1]} "
-                    f"ONNX model for onnxruntime on {device} (has {stage.precisions})")
+                    f"ONNX model for onnxruntime on {device} (has {stage.precisions}){_NO_INT8 if precision == 'int8' else ''}")
         elif backend == "torch":
             if precision == "int8":
                 raise KidedgeError("the torch backend has no int8; use --backend onnxruntime or tensorrt")
@@ -141,7 +146,8 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
                 raise KidedgeError(
                     f"{package.source}: stage {stage.name!r} has no {'' if precision == 'auto' else precision + ' '}"
                     f"TensorRT plan for TensorRT {tensorrt_version()} on {gpu_name()} "
-                    f"(plans: {sorted(stage.plans) or 'none'}); use --backend onnxruntime")
+                    f"(plans: {sorted(stage.plans) or 'none'}); use --backend onnxruntime"
+                    f"{_NO_INT8 if precision == 'int8' else ''}")
         else:
             raise KidedgeError(f"unknown backend {backend!r} (one of {BACKENDS})")
         files[stage.name] = key
