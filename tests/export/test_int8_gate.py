@@ -147,3 +147,13 @@ def test_export_refuses_a_broken_variant_unless_allowed(finding_run, tmp_path, m
     if not allow:
         with pytest.raises(KidedgeError, match="fidelity gate"):
             select_backend(package, "onnxruntime", "int8")
+
+
+def test_cli_flag_needs_int8(tmp_path):
+    from click.testing import CliRunner
+
+    from kidedge.cli import main
+
+    r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "p"), "--allow-int8-fidelity-loss"])
+    assert r.exit_code == 2 and "add --int8" in r.output and not (tmp_path / "p").exists()
+    assert "--allow-int8-fidelity-loss" in CliRunner().invoke(main, ["export", "--help"]).output
