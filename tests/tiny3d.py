@@ -117,6 +117,11 @@ def export_tiny3d(root: Path, precisions=("fp32",), per_component: bool = True) 
     data = make_dataset(root / "data")
     run = make_run_3d(root, data, per_component)
     out = root / "pkg"
+    # The tiny networks are untrained (random weights): their int8 labels need not stay within
+    # the export gate's 0.005 Dice of fp32, and these tests are about the export's mechanics,
+    # so int8 ships regardless (the gate's decision is still recorded; tests/export/test_int8_gate.py
+    # tests the refusal).
     export_run(run, out, fp16="fp16" in precisions, int8="int8" in precisions, calib_method="minmax",
-               held_out_cases=1, calib_cases=2, slices_per_case=6, model_factory=tiny3d_factory, quiet=True)
+               held_out_cases=1, calib_cases=2, slices_per_case=6, model_factory=tiny3d_factory, quiet=True,
+               allow_int8_fidelity_loss="int8" in precisions)
     return data, out
