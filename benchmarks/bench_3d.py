@@ -175,12 +175,9 @@ def _package_facts(pkg: Path, built_here: bool) -> dict:
 
 def run(args) -> int:
     """Measure every variant on every benchmark scan; write the JSON and Markdown results."""
-    import datetime
-    import platform
 
     from kidedge.bench.measure import measure
     from kidedge.bench.scans import FULL_TARGETS, make_bench_scans
-    from kidedge.environment import cpu_description
 
     work = work_dir(args)
     pkg = Path(args.package) if args.package else work / "bench3d" / "package"
@@ -194,7 +191,7 @@ def run(args) -> int:
         scans = make_bench_scans(work / "scans", labels_root=labels_root(args), targets=targets)
     outdir = work / "bench3d" / "outputs"
     outdir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, done = [], []
     for scan in scans:
         truth, _ = _load_dense(scan.truth)
         labels = {}
@@ -216,13 +213,18 @@ def run(args) -> int:
                 row["stages_s"] = {k: round(x, 3) for k, x in (res.get("stages") or {}).items()}
                 if res.get("gating"):
                     row["gating"] = res["gating"]
-                    if res["gating"].get("enabled") and not res["gating"].get("windows_stage2"):
+                    g = res["gating"]
+                    if ("windows_stage2" in g and g.get("enabled") and not g["windows_stage2"]) or \
+                            (v["kind"] == "papers3d" and not g.get("regions")):
                         # a cascade whose localiser found nothing did stage 1 only: not a 3D
                         # cascade's cost, so its row must not pass for one
                         row["note"] = "stage 1 found no kidney: stage 2 did not run"
                 if v["kind"] != "floor" and out.exists():
                     labels[v["name"]] = _load_dense(out)[0]
                     row["dice_vs_truth"] = _dice(labels[v["name"]], truth)
+                    # an empty label map agrees with any other empty one: say how much was labelled
+                    row["labelled_voxels"] = {"kidney": int((labels[v["name"]] > 0).sum()),
+                                              "tumour": int((labels[v["name"]] == 2).sum())}
             rows.append(row)
             print(f"   {json.dumps({k: row.get(k) for k in ('scan_s', 'scan_peak_rss_mb', 'dice_vs_truth', 'error')})}",
                   flush=True)
@@ -236,26 +238,40 @@ def run(args) -> int:
         rows.append(extra)
         for f in outdir.glob(f"{scan.name}-*"):
             f.unlink()
+        done.append(scan)
+        # written after every scan: a run cut short still leaves what it measured, marked
+        _write_results(args, pkg, rows, done, scans, load_start)
+    results = _write_results(args, pkg, rows, done, scans, load_start)
+    print(_markdown(results))
+    return 0
+
+
+def _write_results(args, pkg: Path, rows: list[dict], done: list, scans: list, load_start: list) -> dict:
+    """bench_3d.json and .md from the rows so far (``complete`` says whether every scan ran)."""
+    import datetime
+    import platform
+
+    from kidedge.environment import cpu_description
+    from kidedge.io.writer import write_json_atomic, write_text_atomic
+
     load_end = Path("/proc/loadavg").read_text().split()[:3]
     results = {
         "benchmark": "bench_3d", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "complete": len(done) == len(scans), "scans_not_run": [s.name for s in scans if s not in done],
         "machine": {"cpu": cpu_description(), "platform": platform.platform(), "gpu": None,
                     "note": "shared machine (other engineers' jobs and a training run); no GPU was lent"},
         "load_average": {"start": load_start, "end": load_end},
-        "package": _package_facts(pkg, not args.package), "scans": [s.to_dict() for s in scans], "rows": rows,
+        "package": _package_facts(pkg, not args.package), "scans": [s.to_dict() for s in done], "rows": rows,
     }
-    results["summary"] = _summary(rows, scans)
+    results["summary"] = _summary(rows, done)
     results["targets"] = _targets(rows, scans)
     out = Path(args.out or ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     for s in results["scans"]:  # no machine paths in committed results
         s["image"], s["truth"] = Path(s["image"]).name, Path(s["truth"]).name
-    from kidedge.io.writer import write_json_atomic, write_text_atomic
-
     write_json_atomic(out / "bench_3d.json", results)
     write_text_atomic(out / "bench_3d.md", _markdown(results))
-    print(_markdown(results))
-    return 0
+    return results
 
 
 def _summary(rows: list[dict], scans) -> dict:
@@ -297,16 +313,19 @@ def _targets(rows: list[dict], scans) -> dict:
         "target": f"<= {RSS_TARGET_MB:.0f} MB on a scan of >= {RSS_TARGET_MIN_SLICES} slices", "rows": rss,
         "met": (all(x["peak_rss_mb"] <= RSS_TARGET_MB for x in ran) if ran else None),
         "why_not_measured": None if ran else ("no scan that long" if not long_scans else
+                                              "the 3D rows on it did not run" if not rss else
                                               "no 3D row on it ran stage 2")}
     diffs = {}
     for s in scans:
         a, b = row(s.name, FP32), row(s.name, INT8)
-        if a and b and "note" not in a and "note" not in b and a.get("dice_vs_truth") and b.get("dice_vs_truth"):
+        if a and b and "note" not in a and "note" not in b and a.get("dice_vs_truth") and b.get("dice_vs_truth") \
+                and (a.get("labelled_voxels") or {}).get("kidney"):
             diffs[s.name] = {k: round(b["dice_vs_truth"][k] - a["dice_vs_truth"][k], 4) for k in a["dice_vs_truth"]}
     out["int8_dice_vs_fp32"] = {
         "target": f"int8 Dice against the phantom's truth within {INT8_DICE_TOLERANCE} of fp32's (kidney, tumour)",
         "int8_minus_fp32": diffs,
-        "met": (all(abs(d) <= INT8_DICE_TOLERANCE for x in diffs.values() for d in x.values()) if diffs else None)}
+        "met": (all(abs(d) <= INT8_DICE_TOLERANCE for x in diffs.values() for d in x.values()) if diffs else None),
+        "why_not_measured": None if diffs else "fp32 labelled no kidney voxel on any scan (or the rows did not run)"}
     return out
 
 
@@ -326,19 +345,20 @@ def _markdown(r: dict) -> str:
              f"Machine: {r['machine']['cpu']['model']}, {r['machine']['cpu']['usable_cores']} usable cores, no GPU; "
              f"{r['machine']['note']}. Load average (1, 5, 15 min) at start {' '.join(r['load_average']['start'])}, "
              f"at end {' '.join(r['load_average']['end'])}: absolute times stretch with the load; compare ratios "
-             "within a scan. Each variant ran once, in a fresh process; peak RSS is the scan's own high-water mark.",
+             "within a scan. Each variant ran once, in a fresh process; peak RSS is the scan's own high-water mark."
+             + ("" if r.get("complete", True) else f" **Run cut short: scans not run: {', '.join(r['scans_not_run'])}.**"),
              "", f"Package: `{r['package']['name']}` (recipe `{r['package']['recipe']}` with "
              f"{', '.join('`' + o + '`' for o in r['package']['overrides'])}): trained for minutes on this CPU, "
              "on anatomical phantoms, so its labels are far from the paper's; the rows measure the runtime's cost "
              f"and the agreement of its variants, not paper 002's accuracy. Held-out test phantoms (whole cascade): "
              f"{json.dumps(r['package']['held_out_test'])}.", "",
-             "| scan | variant | s/scan | CPU s | peak RSS MB | kidney Dice | tumour Dice | stage-2 windows |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| scan | variant | s/scan | CPU s | peak RSS MB | kidney Dice | tumour Dice | voxels labelled kidney / "
+             "tumour | stage-2 windows |", "|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         if row["variant"] == "(agreement)":
             continue
         if not row.get("ok"):
-            lines.append(f"| {row['scan']} | {row['variant']} | failed: {row.get('error')} | | | | | |")
+            lines.append(f"| {row['scan']} | {row['variant']} | failed: {row.get('error')} | | | | | | |")
             continue
         d = row.get("dice_vs_truth", {})
         g = row.get("gating") or {}
@@ -347,7 +367,8 @@ def _markdown(r: dict) -> str:
             windows = f"{windows} ({row['note']})"
         lines.append(f"| {row['scan']} | {row['variant']} | {row.get('scan_s', '')} | {row.get('scan_cpu_s', '')} | "
                      f"{row.get('scan_peak_rss_mb', '')} | {d.get('kidney', '')} | {d.get('tumour', '')} | "
-                     f"{windows} |")
+                     + (f"{lv['kidney']} / {lv['tumour']}" if (lv := row.get("labelled_voxels")) else "")
+                     + f" | {windows} |")
     lines += ["", "| scan | papers' way / kidedge fp32 (same work) | same, CPU s | papers' way / kidedge int8 | "
               "kidedge 3D int8 / 2D default | kidedge 3D int8 / read floor | peak RSS MB 3D int8 / fp32 / papers' way |",
               "|---|---|---|---|---|---|---|"]
@@ -370,7 +391,9 @@ def _markdown(r: dict) -> str:
               + (f" ({rss['why_not_measured']})" if rss["why_not_measured"] else "")
               + "".join(f"; {k}: {v['peak_rss_mb']} MB" + ("" if v["stage2_ran"] else " (stage 2 did not run)")
                         for k, v in rss["rows"].items()),
-              f"- {q['target']}: {met[q['met']]}; int8 - fp32: {json.dumps(q['int8_minus_fp32'])} (a tiny-trained "
+              f"- {q['target']}: {met[q['met']]}"
+              + (f" ({q['why_not_measured']})" if q.get("why_not_measured") else "")
+              + f"; int8 - fp32: {json.dumps(q['int8_minus_fp32'])} (a tiny-trained "
               "package: how int8 moves its labels, not what it does to a trained one)"]
     lines += ["", "Export fidelity of the package (int8/fp16 against fp32, held-out test phantoms, through the "
               "runtime's sliding window):", ""]
