@@ -7,7 +7,6 @@ soft-tissue window, kidney outlined green, tumour red, cyst cyan.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +55,7 @@ def write_montage(shown, path) -> Path:
                 continue
             k, hu, lab = slices[col]
             ax.imshow(hu, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], interpolation="nearest")
-            for value, colour in _COLOURS.items():
-                mask = lab == value
-                if mask.any():
-                    ax.contour(mask.astype(np.uint8), levels=[0.5], colors=colour, linewidths=0.6)
+            _outline(ax, lab, 0.6)
             title = f"{name} k={k} {phase}"
             if source:
                 title += f"\nlabels: {source}"
@@ -67,12 +63,7 @@ def write_montage(shown, path) -> Path:
     fig.suptitle("kidedge phantoms (window -160..240 HU; kidney green, tumour red, cyst cyan)",
                  fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path, dpi=80)
 
 
 def write_comparison(real, phantoms, path, real_title="real CT") -> Path:
@@ -100,18 +91,30 @@ def write_comparison(real, phantoms, path, real_title="real CT") -> Path:
     for n, (title, hu, lab) in enumerate(phantoms):
         ax = axes[n // per_row, 1 + n % per_row]
         ax.imshow(hu, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], interpolation="bilinear")
-        for value, colour in _COLOURS.items():
-            mask = lab == value
-            if mask.any():
-                ax.contour(mask.astype(np.uint8), levels=[0.5], colors=colour, linewidths=0.5)
+        _outline(ax, lab, 0.5)
         ax.set_title(title, fontsize=7)
     fig.suptitle(f"left: {real_title}; right: kidedge anatomical phantoms (window "
                  f"{WINDOW[0]:.0f}..{WINDOW[1]:.0f} HU; kidney green, tumour red, cyst cyan)",
                  fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path, dpi=90)
+
+
+def _outline(ax, lab, linewidth: float) -> None:
+    """Contour each label class present in ``lab`` in its colour."""
+    for value, colour in _COLOURS.items():
+        mask = lab == value
+        if mask.any():
+            ax.contour(mask.astype(np.uint8), levels=[0.5], colors=colour, linewidths=linewidth)
+
+
+def _save(fig, path, dpi: int) -> Path:
+    """Write the figure atomically (kidedge.io.writer) and free it."""
+    import matplotlib.pyplot as plt
+
+    from kidedge.io.writer import save_png_atomic
+
+    try:
+        return save_png_atomic(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
