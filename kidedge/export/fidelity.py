@@ -54,18 +54,9 @@ SCORED_AS = {
 def variant_session(path, variant: str, threads: int = 2):
     """ONNX Runtime session that scores ``variant`` the way its consumer computes it (see
     the module docstring): full optimisation, except the TensorRT stand-in for int8-trt."""
-    import onnxruntime as ort
-
     from kidedge.export.onnx_export import ort_session
 
-    if variant != "int8-trt":
-        return ort_session(path, threads)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads, optimize=variant != "int8-trt")
 
 
 def stage_regions(stage: dict) -> list[str]:

@@ -109,14 +109,16 @@ def export_onnx(model: torch.nn.Module, path: Path, example: np.ndarray, dimensi
     }
 
 
-def ort_session(path: Path, threads: int = 2, providers: list[str] | None = None):
-    """An ONNX Runtime session with full graph optimisation and ``threads`` intra-op threads."""
+def ort_session(path: Path, threads: int = 2, providers: list[str] | None = None, optimize: bool = True):
+    """An ONNX Runtime session with ``threads`` intra-op threads and full graph optimisation
+    (``optimize=False``: none, every node runs as written)."""
     import onnxruntime as ort
 
+    level = ort.GraphOptimizationLevel
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
 
