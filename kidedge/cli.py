@@ -107,9 +107,15 @@ def phantom(out_dir, cases, from_labels, training_set, bodies, kidneys, workers,
 @click.option("--resume/--no-resume", default=False, help="Resume from RUN_DIR's last checkpoint.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), help="Local ImageNet-pretrained encoder weights (off by default).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.batch_size=8.")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False),
+              help="Fine-tune: start every stage from this earlier run's best weights (fresh optimiser and schedule).")
+@click.option("--keep-stage", "keep_stages", multiple=True, metavar="NAME",
+              help="With --init-from: take this stage over unchanged, without training (repeatable).")
+@click.option("--cache", type=click.Path(file_okay=False),
+              help="Folder of converted cases (default RUN_DIR/cache); runs on the same data may share one.")
 @click.option("--list", "list_recipes", is_flag=True, help="List the recipes and their sources.")
 @_one_line_errors
-def train(recipe, data, out, epochs, device, resume, pretrained, overrides, list_recipes):
+def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init_from, keep_stages, cache, list_recipes):
     """Train a recipe from the papers on KiTS-layout data."""
     if list_recipes:
         fn = _library_call("kidedge.train.recipes", "print_recipe_list", "issue 4")
@@ -118,7 +124,8 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, list
     if missing:
         raise KidedgeError(f"train needs {', '.join(missing)} (or --list)")
     fn = _library_call("kidedge.train.loop", "train_recipe", "issue 4")
-    return fn(recipe, data, out, epochs=epochs, device=device, resume=resume, pretrained=pretrained, overrides=list(overrides))
+    return fn(recipe, data, out, epochs=epochs, device=device, resume=resume, pretrained=pretrained, overrides=list(overrides),
+              init_from=init_from, keep_stages=tuple(keep_stages), cache=cache)
 
 
 @main.command()

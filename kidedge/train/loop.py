@@ -38,13 +38,14 @@ from kidedge.train.optimisation import resolve_device, seed_everything
 from kidedge.train.recipes import load_recipe
 from kidedge.train.stage_trainer import StageTrainer
 from kidedge.train.validation import evaluate_cases
+from kidedge.train.warm_start import WarmStart
 
 CLASSES = {"0": "background", "1": "kidney", "2": "tumour", "3": "cyst"}
 
 __all__ = ["CLASSES", "StageTrainer", "train_recipe"]
 
 
-def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool):
+def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool, cache_dir=None, warm=None):
     """The patient-level split (saved, or reused on resume) and the cached cases."""
     split_path = run_dir / "split.json"
     if resume and split_path.is_file():
@@ -57,11 +58,13 @@ def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool):
             split = make_split([c.case_id for c in found], s["seed"], s["train"], s["val"], s["test"])
         if ddp.is_main():
             write_json_atomic(split_path, split, default=float)
+    if warm is not None:
+        warm.check_split(split)
     by_id = {c.case_id: c for c in found}
     missing = [cid for part in ("train", "val", "test") for cid in split[part] if cid not in by_id]
     if missing:
         raise KidedgeError(f"{split_path}: cases {missing[:3]} of the saved split are not in {data}")
-    cache = CaseCache(run_dir / "cache")
+    cache = CaseCache(cache_dir or run_dir / "cache")
     if ddp.is_main():  # rank 0 converts; the others then open the finished cache
         for cid in split["train"] + split["val"] + split["test"]:
             cache.get(by_id[cid])
@@ -72,7 +75,8 @@ def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool):
     return split, train_cases, val_cases, test_cases
 
 
-def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pretrained=None, overrides=()) -> int:
+def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pretrained=None, overrides=(),
+                 init_from=None, keep_stages=(), cache=None) -> int:
     """Train every stage of ``recipe`` on the labelled cases under ``data`` into ``out``.
 
     Args:
@@ -84,12 +88,18 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
         resume: continue an interrupted run in ``out`` (finished stages are kept).
         pretrained: local ImageNet weights for the 2D encoders (off by default).
         overrides: ``key=value`` recipe overrides (see kidedge.train.recipes).
+        init_from: an earlier run directory: every trained stage starts from its best
+            weights with a fresh optimiser and schedule (:mod:`kidedge.train.warm_start`).
+        keep_stages: with ``init_from``, names of stages taken over from it unchanged.
+        cache: folder of converted cases (default ``out/cache``); runs on the same data
+            may share one.
 
     Returns 0; the run directory holds run.json, split.json, checkpoints, metrics.csv and
     curves.png.
     """
     r = load_recipe(recipe, overrides)
     run_dir = Path(out)
+    warm = _warm_start(r, init_from, keep_stages, pretrained)
     if (run_dir / "run.json").exists() and not resume:
         raise KidedgeError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
     if run_dir.exists() and not run_dir.is_dir():
@@ -104,7 +114,7 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        split, train_cases, val_cases, test_cases = _prepare_cases(run_dir, r, found, data, resume)
+        split, train_cases, val_cases, test_cases = _prepare_cases(run_dir, r, found, data, resume, cache, warm)
     except KidedgeError:
         # a bad case (corrupt file, wrong shape) found while caching: leave no half-made run
         if created and ddp.is_main():
@@ -118,6 +128,8 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
         "overrides": list(overrides or ()), "device": str(dev), "world_size": ddp.world_size(),
         "torch": torch.__version__,
     }
+    if warm is not None:
+        run["init_from"] = {"run": str(warm.dir), "kept_stages": list(keep_stages)}
     previous = {}
     if resume and (run_dir / "run.json").is_file():
         old = json.loads((run_dir / "run.json").read_text())
@@ -126,6 +138,10 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     entries, models = [], []
     started = time.perf_counter()
     for si, stage in enumerate(r["stages"]):
+        if stage["name"] in keep_stages and stage["name"] not in previous:
+            # rank 0 copies the files; every rank gets the entry
+            previous[stage["name"]] = warm.keep(stage, stage["preprocess"].to_dict(), run_dir, copy=ddp.is_main())
+            ddp.barrier()
         if stage["name"] in previous:
             entry = previous[stage["name"]]
             model = build_model(stage["arch"], **stage["model_kwargs"]).to(dev)
@@ -134,7 +150,8 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
             if (run_dir / stage["name"] / "resume.pt").is_file():
                 rows.extend(load_resume_state(run_dir / stage["name"] / "resume.pt")["history"])
         else:
-            trainer = StageTrainer(run_dir, r, si, train_cases, val_cases, dev, epochs, pretrained)
+            init = warm.weights(stage) if warm is not None else None
+            trainer = StageTrainer(run_dir, r, si, train_cases, val_cases, dev, epochs, pretrained, init)
             entry, model = trainer.run(resume, rows)
         entries.append(entry)
         models.append(model)
@@ -164,3 +181,23 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     if distributed:
         ddp.shutdown()
     return 0
+
+
+def _warm_start(r: dict, init_from, keep_stages, pretrained):
+    """The :class:`WarmStart` of ``init_from`` (None without), after checking the options."""
+    if init_from is None:
+        if keep_stages:
+            raise KidedgeError("--keep-stage takes a stage from an earlier run: give --init-from RUN")
+        return None
+    if pretrained:
+        raise KidedgeError("--pretrained and --init-from both set the starting weights: give one")
+    names = [s["name"] for s in r["stages"]]
+    unknown = [k for k in keep_stages if k not in names]
+    if unknown:
+        raise KidedgeError(f"--keep-stage {unknown[0]}: the recipe has no such stage (it has: {', '.join(names)})")
+    if set(keep_stages) >= set(names):
+        raise KidedgeError("--keep-stage names every stage: nothing would be trained")
+    warm = WarmStart(init_from)
+    for stage in r["stages"]:
+        warm.weights(stage)  # every stage must fit before any training starts
+    return warm

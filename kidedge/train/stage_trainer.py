@@ -57,7 +57,8 @@ class StageTrainer:
     """Trains one stage of a recipe (see :func:`train_recipe`)."""
 
     def __init__(self, run_dir: Path, recipe: dict, stage_index: int, train_cases, val_cases,
-                 device: torch.device, epochs_override: int | None, pretrained: str | None):
+                 device: torch.device, epochs_override: int | None, pretrained: str | None,
+                 init_weights: Path | None = None):
         self.run_dir, self.recipe, self.si = run_dir, recipe, stage_index
         self.stage = recipe["stages"][stage_index]
         self.dim = recipe["dimensionality"]
@@ -68,6 +69,7 @@ class StageTrainer:
         self.epochs = int(epochs_override or self.t["epochs"])
         self.seed = int(recipe["split"]["seed"])
         self.pretrained = pretrained
+        self.init_weights = init_weights  # warm start (kidedge.train.warm_start)
         self.precision = Precision(device)
         self.channels_last = device.type == "cuda" and self.dim == "2d"
 
@@ -91,6 +93,12 @@ class StageTrainer:
             kwargs["pretrained"] = self.pretrained
         torch.manual_seed(self.seed * 100 + self.si)
         model = build_model(self.stage["arch"], **kwargs).to(self.device)
+        if self.init_weights is not None:
+            try:
+                model.load_state_dict(load_weights(self.init_weights, map_location=self.device))
+            except RuntimeError as exc:  # shapes or names differ
+                raise KidedgeError(f"{self.init_weights}: does not fit stage '{self.stage['name']}' "
+                                   f"({str(exc).splitlines()[0]})") from exc
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -231,6 +239,8 @@ class StageTrainer:
             "ddp": {"world_size": world, "weights_in_sync": in_sync},
             "status": "done",
         }
+        if self.init_weights is not None:
+            entry["init_from"] = str(self.init_weights)
         if roi is not None:
             entry["roi"] = {"source_stage": roi["source_stage"], "labels": list(roi["labels"]),
                             "margin_mm": float(roi["margin_mm"])}

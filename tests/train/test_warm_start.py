@@ -1,0 +1,88 @@
+"""Fine-tuning from an earlier run (``kidedge train --init-from RUN --keep-stage NAME``):
+a kept stage is the earlier run's, a trained stage starts from the earlier best weights,
+a shared case cache is used as is, and runs that would leak held-out cases or load
+weights of another shape are refused before any training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kidedge.cli import main
+from kidedge.errors import KidedgeError
+from kidedge.train.loop import StageTrainer, train_recipe
+
+# the patched no-step epochs below make torch warn that the scheduler stepped first
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
+
+# the built-in cascade's recipe, shrunk to seconds on a 2-core CPU
+TINY = ["localise.preprocess.size=[64, 64]", "segment.sampling.patch=[64, 64]", "train.batch_size=4",
+        "sampling.samples_per_epoch=8", "model.decoder_channels=[16, 8, 8, 8]"]
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _same(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def first_run(phantom_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("warm") / "first"
+    train_recipe("kidedge_default", phantom_data, out, epochs=1, device="cpu", overrides=TINY)
+    return out
+
+
+def test_keep_stage_and_start_from_best_weights(first_run, phantom_data, tmp_path, monkeypatch):
+    # no optimiser step: the fine-tuned stage's best weights are then the ones it started from
+    monkeypatch.setattr(StageTrainer, "_train_epoch", lambda self, *a, **k: 0.0)
+    out = tmp_path / "second"
+    train_recipe("kidedge_default", phantom_data, out, epochs=1, device="cpu", overrides=TINY,
+                 init_from=first_run, keep_stages=("localise",), cache=first_run / "cache")
+    assert _same(_weights(out / "localise" / "best.pt"), _weights(first_run / "localise" / "best.pt"))
+    assert _same(_weights(out / "segment" / "best.pt"), _weights(first_run / "segment" / "best.pt"))
+    assert not (out / "cache").exists()  # the shared cache was used
+    run = json.loads((out / "run.json").read_text())
+    first = json.loads((first_run / "run.json").read_text())
+    localise, segment = run["stages"]
+    assert localise["kept_from"] == str(first_run)
+    assert localise["metrics"] == first["stages"][0]["metrics"]
+    assert segment["init_from"].endswith("segment/best.pt") and "kept_from" not in segment
+    assert run["init_from"] == {"run": str(first_run), "kept_stages": ["localise"]}
+
+
+def test_without_init_the_segment_starts_elsewhere(first_run, phantom_data, tmp_path, monkeypatch):
+    """The check above can fail: a fresh run's untrained weights differ from the first run's."""
+    monkeypatch.setattr(StageTrainer, "_train_epoch", lambda self, *a, **k: 0.0)
+    out = tmp_path / "fresh"
+    train_recipe("kidedge_default", phantom_data, out, epochs=1, device="cpu", overrides=TINY,
+                 cache=first_run / "cache")
+    assert not _same(_weights(out / "segment" / "best.pt"), _weights(first_run / "segment" / "best.pt"))
+
+
+def test_refusals(first_run, phantom_data, tmp_path):
+    split = json.loads((first_run / "split.json").read_text())
+    swapped = {"train": split["test"] + split["val"] + split["train"][2:], "val": split["train"][:1],
+               "test": split["train"][1:2]}
+    split_file = tmp_path / "swapped.json"
+    split_file.write_text(json.dumps(swapped))
+    with pytest.raises(KidedgeError, match="held out in this run"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "a", epochs=1, device="cpu",
+                     overrides=TINY + [f"split.file={json.dumps(str(split_file))}"], init_from=first_run)
+    with pytest.raises(KidedgeError, match="do not fit"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "b", epochs=1, device="cpu",
+                     overrides=TINY + ["segment.model.decoder_channels=[16, 16, 8, 8]"], init_from=first_run)
+    assert not (tmp_path / "b").exists()  # refused before the run folder was made
+    with pytest.raises(KidedgeError, match="no such stage"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "c", overrides=TINY, init_from=first_run,
+                     keep_stages=("kidney",))
+    with pytest.raises(KidedgeError, match="give --init-from"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "d", overrides=TINY, keep_stages=("localise",))
+    res = CliRunner().invoke(main, ["train", "--recipe", "kidedge_default", "--data", str(phantom_data),
+                                    "--out", str(tmp_path / "e"), "--init-from", str(tmp_path)])
+    assert res.exit_code != 0 and "no run.json" in res.output and "Traceback" not in res.output
