@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -e ".[train,export,dicom,dev,fast-io,cluster]"
+	$(BIN)/pip install -e ".[train,export,dicom,dev,fast-io,fast-cc,cluster]"
 	touch $(STAMP)
 
 test: venv

@@ -67,14 +67,15 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from kidedge.postprocess import (
-    _CONNECTIVITY,
     _MIN_KIDNEY_SEPARATION_MM,
     _check_labels,
     _foreground_box,
     _voxel_ml,
     class_volumes_ml,
+    label26,
 )
 
 #: Rule 1a: the mass-kidney interface as a fraction of the mass's surface (real masses:
@@ -137,7 +138,7 @@ def seat_masses_on_kidney(block: np.ndarray, spacing) -> list[dict]:
     if box is None:
         return []
     block = block[box]  # a view: removals below write through
-    comp, n = ndimage.label(block >= 2, structure=_CONNECTIVITY)
+    comp, n = label26(block >= 2)
     voxel_ml = _voxel_ml(spacing)
     found = []
     for i, sl in enumerate(ndimage.find_objects(comp)):
@@ -212,7 +213,7 @@ def _divide(comps: list[dict], affine, landmarks, box_start, scan_shape) -> tupl
 
 
 def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel_ml: float):
-    comp, n = ndimage.label(block > 0, structure=_CONNECTIVITY)
+    comp, n = label26(block > 0)
     comps = []
     for i, sl in enumerate(ndimage.find_objects(comp)):
         pts = np.argwhere(comp[sl] == i + 1) + [s.start for s in sl] + offset
@@ -235,8 +236,31 @@ def _gap_mm(piece: dict, main: dict, comp: np.ndarray, offset: np.ndarray, spaci
     near_main = window == main["id"]
     if not near_main.any():
         return float("inf")
-    dist = ndimage.distance_transform_edt(~near_main, sampling=spacing)
-    return float(dist[window == piece["id"]].min())
+    # The closest pair of two disjoint voxel sets lies on both sets' surfaces (from an
+    # inner voxel, a step toward the other set's voxel is still in the set and closer),
+    # so a k-d tree of surface voxels gives the distance a distance transform of the
+    # window would (0.3 s for a 2.6 M-voxel window of a 602-slice scan) in a few ms.
+    sp = np.asarray(spacing, float)
+    main_pts = np.argwhere(_surface(near_main)) * sp
+    piece_pts = np.argwhere(_surface(window == piece["id"])) * sp
+    return float(cKDTree(main_pts).query(piece_pts, k=1)[0].min())
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a face neighbour outside it (the array's border counts as
+    outside)."""
+    inner = mask.copy()
+    for axis in range(mask.ndim):
+        lo = [slice(None)] * mask.ndim
+        hi = [slice(None)] * mask.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        inner[tuple(lo)] &= mask[tuple(hi)]
+        inner[tuple(hi)] &= mask[tuple(lo)]
+        edge = [slice(None)] * mask.ndim
+        for end in (0, -1):
+            edge[axis] = end
+            inner[tuple(edge)] = False
+    return mask & ~inner
 
 
 def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_start=None,

@@ -230,3 +230,35 @@ def test_real_masses_nearest_the_thresholds_are_kept():
         assert not lost and not gone, (case, lost, gone)
         assert np.count_nonzero(out != labels) * np.prod(scan.spacing) / 1000 < 1.0, case
         assert min(m["contact_fraction"] for m in findings["masses"] if m["ml"] >= 1.0) < 0.08 or "470" in case
+
+
+def test_gap_between_components_equals_the_distance_transform():
+    """_gap_mm (surface voxels in a k-d tree) measures what a distance transform of the
+    window measures: the shortest voxel-centre distance, with anisotropic spacing."""
+    from scipy import ndimage
+
+    from kidedge.kidney_review import _gap_mm
+    from kidedge.postprocess import label26
+
+    rng = np.random.default_rng(5)
+    spacing = (2.5, 0.8, 0.8)
+    near = 0
+    for _ in range(8):
+        comp = np.zeros((20, 60, 60), np.int32)
+        a0, b0 = rng.integers(2, 8, 3), rng.integers(10, 16, 3)
+        comp[a0[0]:a0[0] + 5, a0[1]:a0[1] + 20, a0[2]:a0[2] + 15] = 1
+        comp[b0[0]:b0[0] + 4, b0[1] + 20:b0[1] + 30, b0[2] + 20:b0[2] + 35] = 2
+        comp[comp > 0] = label26(comp > 0)[0][comp > 0]
+        ids = sorted(set(np.unique(comp)) - {0})
+        if len(ids) != 2:
+            continue
+        info = {i: {"id": i, "lo": np.argwhere(comp == i).min(0), "hi": np.argwhere(comp == i).max(0)} for i in ids}
+        dist = ndimage.distance_transform_edt(comp != ids[0], sampling=spacing)
+        expect = float(dist[comp == ids[1]].min())
+        got = _gap_mm(info[ids[1]], info[ids[0]], comp, np.zeros(3, int), spacing)
+        if expect <= 15.0:  # PIECE_GAP_MM: farther away only "farther than that" is promised
+            near += 1
+            assert got == pytest.approx(expect)
+        else:
+            assert got >= expect - 1e-9
+    assert near >= 3

@@ -210,3 +210,26 @@ def test_sides_split_voxel_by_voxel_at_a_given_midline():
     assert split["sides"]["left"]["tumour_ml"] == pytest.approx(600 * voxel) and split["sides"]["right"]["tumour_ml"] == 0
     assert split["sides"]["left"]["components"] == split["sides"]["right"]["components"] == 1
     assert split["classes"] == whole["classes"]
+
+
+def test_label26_agrees_with_scipy_with_and_without_cc3d(monkeypatch):
+    """The fast path (cc3d, when installed) and scipy's 26-connected labelling give the
+    same components; KIDEDGE_CC=scipy forces scipy."""
+    from scipy import ndimage
+
+    from kidedge.postprocess import label26
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(rng.random((30, 40, 50)) > 0.55)  # many blobs, some touching by corners
+    mask[0, 0, 0] = mask[1, 1, 1] = True  # a corner-only contact
+    ref, n_ref = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    assert n_ref > 20
+    for forced in ("", "scipy"):
+        monkeypatch.setenv("KIDEDGE_CC", forced)
+        ids, n = label26(mask)
+        assert n == n_ref
+        # same partition: each scipy component maps to exactly one id and back
+        pairs = np.unique(np.stack([ref[mask], ids[mask]]), axis=1)
+        assert pairs.shape[1] == n and len(set(pairs[0])) == n and len(set(pairs[1])) == n
+        assert not ids[~mask].any()
+    assert label26(np.zeros((0, 4, 4), bool))[1] == 0
