@@ -263,6 +263,8 @@ def save_segmentation_planes(labels: LabelPlanes, like: Scan, path: str | Path) 
     from nibabel.openers import Opener
     from nibabel.volumeutils import seek_tell
 
+    from kidedge.io.gzip_stream import open_gzip_writer
+
     path = check_output_path(path, like)
     if tuple(labels.shape) != like.shape:
         raise KidedgeError(f"{path}: labels of shape {tuple(labels.shape)} do not match the scan's canonical "
@@ -275,7 +277,8 @@ def save_segmentation_planes(labels: LabelPlanes, like: Scan, path: str | Path) 
     flipped = orient.to_canonical[2, 1] < 0
     size = like.native_shape[2]
     with atomic_target(path) as tmp:
-        with Opener(str(tmp), "wb") as f:
+        gz = tmp.name.lower().endswith(".gz")
+        with (open_gzip_writer(tmp) if gz else Opener(str(tmp), "wb")) as f:
             header.write_to(f)
             seek_tell(f, header.get_data_offset(), write0=True)
             for j in range(size):
