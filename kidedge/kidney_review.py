@@ -300,9 +300,10 @@ def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_sta
         comp, comps = _components(block, offset, affine, voxel_ml)
         divide, findings["midline_from"] = _divide(comps, affine, landmarks, start, scan_shape)
         keep = _select(comps, divide, spacing, landmarks, comp, offset)
-        lut = np.zeros(len(comps) + 1, bool)
-        lut[[c["id"] for c in comps if c["id"] in keep]] = True
-        block[~lut[comp]] = 0
+        for c in comps:  # each removed component within its own box: no box-sized temporaries
+            if c["id"] not in keep:
+                own = tuple(slice(lo, hi + 1) for lo, hi in zip(c["lo"] - offset, c["hi"] - offset, strict=True))
+                block[own][comp[own] == c["id"]] = 0
         findings["components"] = [_describe(c, c["id"] in keep, start, scan_shape) for c in comps]
     else:
         divide, findings["midline_from"] = _divide([], affine, landmarks, start, scan_shape)
