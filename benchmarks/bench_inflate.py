@@ -1,5 +1,6 @@
-"""Reading a .nii.gz: nibabel (the bench's read floor) against kidedge's reader with zlib
-and with ISA-L (the optional ``isal`` package, ``kidedge[fast-io]``), same file, one run.
+"""Reading a .nii.gz: nibabel (the bench's read floor) against kidedge's reader with zlib,
+with ISA-L (the optional ``isal`` package) and with rapidgzip's parallel inflate (the
+optional ``rapidgzip`` package; both ``kidedge[fast-io]``), same file, one run.
 
 Each variant reads the whole voxel array (native dtype, fully decompressed, CRC checked)
 ``--repeats`` times, interleaved (the machine is shared); medians are compared. Decompressing
@@ -45,9 +46,10 @@ def main() -> int:
     from kidedge.io.gzip_stream import inflate_engine
 
     variants = {"nibabel (bench floor)": (_nibabel, None), "kidedge reader, zlib": (_kidedge, "zlib"),
-                "kidedge reader, isal": (_kidedge, "isal")}
-    if inflate_engine() != "isal":
-        print("isal is not installed: pip install isal (kidedge[fast-io])", file=sys.stderr)
+                "kidedge reader, isal": (_kidedge, "isal"),
+                f"kidedge reader, rapidgzip ({os.cpu_count()} threads)": (_kidedge, "auto")}
+    if inflate_engine(parallel=True) != "rapidgzip":
+        print("isal and rapidgzip are needed, and 2+ cores: pip install 'kidedge[fast-io]'", file=sys.stderr)
         return 2
     load_start = os.getloadavg()[0]
     runs: dict[str, list[float]] = {k: [] for k in variants}
@@ -71,7 +73,7 @@ def main() -> int:
               "loadavg_1min": [load_start, load_end]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "inflate.json").write_text(json.dumps(result, indent=1))
-    lines = ["# Reading a .nii.gz: nibabel vs kidedge's reader with zlib and with ISA-L", "",
+    lines = ["# Reading a .nii.gz: nibabel vs kidedge's reader with zlib, ISA-L and rapidgzip", "",
              f"Scan `{scan_name}` ({size_mb:.0f} MB compressed), whole voxel array read "
              f"{args.repeats} times per variant, interleaved; median seconds. Machine `{machine_label()}`, "
              f"shared: load average (1 min) {load_start:.1f} at start, {load_end:.1f} at end.", "",

@@ -33,6 +33,13 @@ try:  # optional: kidedge[fast-io]
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - depends on the installed extras
     _isal_zlib = None
+try:  # optional: kidedge[fast-io]; parallel inflate of one gzip stream
+    import rapidgzip as _rapidgzip
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _rapidgzip = None
+
+#: Most threads a parallel inflate uses (each holds a few MiB of chunks).
+_PARALLEL_MAX_THREADS = 8
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 #: Errors a decompressor raises on corrupt data (isal has its own exception class).
@@ -76,10 +83,22 @@ def gzip_trailer_size(path: str | os.PathLike) -> int | None:
         return struct.unpack("<I", f.read(4))[0]
 
 
-def inflate_engine(checkpoints: bool = False) -> str:
-    """The inflater a reader gets: ``"isal"`` (fast, no checkpoints) or ``"zlib"``."""
-    if checkpoints or _isal_zlib is None or os.environ.get("KIDEDGE_INFLATE", "").lower() == "zlib":
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def inflate_engine(checkpoints: bool = False, parallel: bool = False) -> str:
+    """The inflater a reader gets: ``"rapidgzip"`` (``parallel`` readers, more than one
+    core, rapidgzip installed), ``"isal"`` (fast, no checkpoints) or ``"zlib"``.
+    ``KIDEDGE_INFLATE`` = ``zlib`` or ``isal`` caps the choice (for comparisons)."""
+    forced = os.environ.get("KIDEDGE_INFLATE", "").lower()
+    if checkpoints or _isal_zlib is None or forced == "zlib":
         return "zlib"
+    if parallel and _rapidgzip is not None and forced != "isal" and _usable_cores() > 1:
+        return "rapidgzip"
     return "isal"
 
 
@@ -230,6 +249,57 @@ class GzipReader:
         self._input_offset = point.input_offset
         self._in = b""
         self.position = point.output_offset
+
+
+def open_whole_stream(path: str | os.PathLike) -> GzipReader:
+    """A reader for one pass over a whole gzip file: :class:`ParallelGzipReader` where
+    :func:`inflate_engine` picks rapidgzip, else :class:`GzipReader`."""
+    if inflate_engine(parallel=True) == "rapidgzip":
+        return ParallelGzipReader(path)
+    return GzipReader(path)
+
+
+class ParallelGzipReader(GzipReader):
+    """:class:`GzipReader` over rapidgzip, which inflates one gzip stream on several cores
+    at once (it finds deflate block starts speculatively and checks every member's CRC and
+    length). The whole-volume read of a 602-slice 512x512 int16 scan took 0.6 s instead of
+    ISA-L's 1.3 s on 2 cores (benchmarks/results/inflate.md). No checkpoints."""
+
+    def __init__(self, path: str | os.PathLike) -> None:  # noqa: D107 - see the class
+        self.path = os.fspath(path)
+        self.engine = "rapidgzip"
+        self.position = 0
+        threads = min(_usable_cores(), _PARALLEL_MAX_THREADS)
+        try:
+            self._rg = _rapidgzip.open(self.path, parallelization=threads)
+        except (ValueError, RuntimeError) as exc:
+            raise GzipDataError(f"not a readable gzip stream ({exc})") from exc
+
+    def close(self) -> None:
+        self._rg.close()  # joins its threads
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        try:
+            while filled < len(view):
+                got = self._rg.readinto(view[filled:])
+                if not got:
+                    raise GzipDataError(f"truncated after {self.position + filled} decompressed bytes")
+                filled += got
+        except (ValueError, RuntimeError) as exc:  # rapidgzip's errors for corrupt data
+            raise GzipDataError(f"corrupt gzip data ({str(exc).splitlines()[0]})") from exc
+        finally:
+            self.position += filled
+        return filled
+
+    def finish(self) -> None:
+        scratch = bytearray(_OUTPUT_CHUNK)
+        try:
+            while got := self._rg.readinto(scratch):
+                self.position += got
+        except (ValueError, RuntimeError) as exc:
+            raise GzipDataError(f"corrupt gzip data ({str(exc).splitlines()[0]})") from exc
 
 
 class _EofMarker:

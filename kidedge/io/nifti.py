@@ -26,7 +26,7 @@ import numpy as np
 from nibabel.imageglobals import LoggingOutputSuppressor
 
 from kidedge.errors import KidedgeError
-from kidedge.io.gzip_stream import GzipDataError, GzipReader, gzip_trailer_size
+from kidedge.io.gzip_stream import GzipDataError, GzipReader, gzip_trailer_size, open_whole_stream
 from kidedge.io.scan import Scan, check_geometry, check_rescale
 
 # Non-finite checks go through float data this many voxels at a time, so the boolean
@@ -209,10 +209,7 @@ def read_volume(layout: NiftiLayout) -> np.ndarray:
     buf = arr.reshape(-1, order="A")
     try:
         if layout.compressed:
-            with GzipReader(layout.path) as reader:
-                reader.skip(layout.offset)
-                reader.readinto(buf)
-                reader.finish()
+            _inflate_whole(layout, buf)
         else:
             with open(layout.path, "rb") as f:
                 f.seek(layout.offset)
@@ -224,6 +221,27 @@ def read_volume(layout: NiftiLayout) -> np.ndarray:
     except OSError as exc:
         raise KidedgeError(f"{layout.path}: cannot read ({_problem(layout.path, exc)})") from exc
     return to_native_byte_order(arr)
+
+
+def _inflate_whole(layout: NiftiLayout, buf: np.ndarray) -> None:
+    """Inflate the voxels into ``buf``: on every core where rapidgzip is installed. Where
+    the parallel reader fails, the sequential one reads the file again and is the judge:
+    it also accepts what gzip(1) accepts and rapidgzip does not (zero padding after the
+    last member)."""
+    def inflate(reader) -> None:
+        with reader:
+            reader.skip(layout.offset)
+            reader.readinto(buf)
+            reader.finish()
+
+    reader = open_whole_stream(layout.path)
+    if reader.engine != "rapidgzip":
+        inflate(reader)
+        return
+    try:
+        inflate(reader)
+    except GzipDataError:
+        inflate(GzipReader(layout.path))
 
 
 def _float_chunks(layout: NiftiLayout, chunk_voxels: int = 1024 * 1024):

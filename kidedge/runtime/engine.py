@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -252,8 +253,12 @@ def _postprocess(labels: SparseLabels, scan) -> tuple[dict, list[str]]:
     if fg is None:
         empty = review_segmentation(np.zeros((1, 1, 1), np.uint8), scan.spacing, scan.canonical_affine)
         return _volumes(labels, scan), empty.warnings
-    reviewed = review_segmentation(labels.dense_box(fg), scan.spacing, box_affine(scan.canonical_affine, fg),
-                                   _landmarks(scan, fg[0]), box_start=[b.start for b in fg], scan_shape=scan.shape)
+    # the body outline and spine are found on the other core while the review labels the
+    # masses and kidneys (it needs them only afterwards, for positions and the midline)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kidedge-landmarks") as pool:
+        landmarks = pool.submit(_landmarks, scan, fg[0])
+        reviewed = review_segmentation(labels.dense_box(fg), scan.spacing, box_affine(scan.canonical_affine, fg),
+                                       landmarks, box_start=[b.start for b in fg], scan_shape=scan.shape)
     labels.assign_box(fg, reviewed.labels)
     return reviewed.volumes, reviewed.warnings
 
