@@ -123,3 +123,19 @@ def test_volumes_of_the_box_equal_volumes_of_the_whole(rng):
     part = class_volumes_ml(store.dense_box(box), (2.0, 0.8, 0.7), affine=box_affine(affine, box))
     assert part == whole
     assert whole["sides"]["left"]["components"] >= 1 and whole["sides"]["right"]["components"] >= 1
+
+
+def test_planes_equal_the_dense_volume_and_follow_later_writes():
+    rng = np.random.default_rng(0)
+    dense = np.zeros((60, 70, 80), np.uint8)
+    dense[10:40, 20:50, 5:60] = rng.integers(0, 4, (30, 30, 55))
+    dense[45, 3, 70] = 2  # a speck far from the rest: the box spans both
+    store = SparseLabels(dense.shape)
+    store.write(0, dense)
+    for axis, n in ((0, 60), (1, 70), (2, 80)):
+        for i in range(n):
+            assert np.array_equal(np.take(store.plane(axis, i), 0, axis=axis), np.take(dense, i, axis=axis))
+    store.write(10, np.zeros((5, 70, 80), np.uint8))  # the cached box must not outlive a write
+    dense[10:15] = 0
+    for i in range(80):
+        assert np.array_equal(store.plane(2, i)[:, :, 0], dense[:, :, i])
