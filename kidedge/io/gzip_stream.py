@@ -262,8 +262,9 @@ def open_whole_stream(path: str | os.PathLike) -> GzipReader:
 class ParallelGzipReader(GzipReader):
     """:class:`GzipReader` over rapidgzip, which inflates one gzip stream on several cores
     at once (it finds deflate block starts speculatively and checks every member's CRC and
-    length). The whole-volume read of a 602-slice 512x512 int16 scan took 0.6 s instead of
-    ISA-L's 1.3 s on 2 cores (benchmarks/results/inflate.md). No checkpoints."""
+    length). The whole-volume read of a 602-slice 512x512 int16 scan took 0.49 s instead of
+    ISA-L's 0.80 s and nibabel's 1.77 s on the quiet 2-core machine
+    (benchmarks/results/inflate.md). No checkpoints."""
 
     def __init__(self, path: str | os.PathLike) -> None:  # noqa: D107 - see the class
         self.path = os.fspath(path)
