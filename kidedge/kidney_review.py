@@ -300,7 +300,7 @@ def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_sta
         offset = np.array([b.start for b in box])
         findings["masses"] = seat_masses_on_kidney(block, spacing)
         comp, comps = _components(block, offset, affine, voxel_ml)
-        landmarks = _resolved(landmarks)
+        landmarks = landmarks.result() if hasattr(landmarks, "result") else landmarks  # a future: wait now
         divide, findings["midline_from"] = _divide(comps, affine, landmarks, start, scan_shape)
         keep = _select(comps, divide, spacing, landmarks, comp, offset)
         for c in comps:  # each removed component within its own box: no box-sized temporaries
@@ -309,16 +309,12 @@ def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_sta
                 block[own][comp[own] == c["id"]] = 0
         findings["components"] = [_describe(c, c["id"] in keep, start, scan_shape) for c in comps]
     else:
-        divide, findings["midline_from"] = _divide([], affine, _resolved(landmarks), start, scan_shape)
+        landmarks = landmarks.result() if hasattr(landmarks, "result") else landmarks
+        divide, findings["midline_from"] = _divide([], affine, landmarks, start, scan_shape)
     kept = [c for c in findings["components"] if c["kept"]]
     per_side = {side: sum(c["side"] in (side, "both") for c in kept) for side in ("left", "right")}
     volumes = class_volumes_ml(out, spacing, affine=affine, divide_leftness_mm=divide, side_components=per_side)
     return ReviewedSegmentation(out, volumes, _warnings(volumes, findings), findings)
-
-
-def _resolved(landmarks):
-    """``landmarks``, or its result when it is a future."""
-    return landmarks.result() if hasattr(landmarks, "result") else landmarks
 
 
 def _select(comps: list[dict], divide: float, spacing, landmarks, comp: np.ndarray, offset) -> set[int]:
