@@ -295,22 +295,21 @@ def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_sta
     out = np.array(arr, dtype=np.uint8, copy=True)
     findings: dict = {"masses": [], "components": [], "midline_from": None}
     box = _foreground_box(out > 0)
+    comps = []
     if box is not None:
         block = out[box]
         offset = np.array([b.start for b in box])
         findings["masses"] = seat_masses_on_kidney(block, spacing)
         comp, comps = _components(block, offset, affine, voxel_ml)
-        landmarks = landmarks.result() if hasattr(landmarks, "result") else landmarks  # a future: wait now
-        divide, findings["midline_from"] = _divide(comps, affine, landmarks, start, scan_shape)
+    landmarks = landmarks.result() if hasattr(landmarks, "result") else landmarks  # a future: wait only now
+    divide, findings["midline_from"] = _divide(comps, affine, landmarks, start, scan_shape)
+    if box is not None:
         keep = _select(comps, divide, spacing, landmarks, comp, offset)
         for c in comps:  # each removed component within its own box: no box-sized temporaries
             if c["id"] not in keep:
                 own = tuple(slice(lo, hi + 1) for lo, hi in zip(c["lo"] - offset, c["hi"] - offset, strict=True))
                 block[own][comp[own] == c["id"]] = 0
         findings["components"] = [_describe(c, c["id"] in keep, start, scan_shape) for c in comps]
-    else:
-        landmarks = landmarks.result() if hasattr(landmarks, "result") else landmarks
-        divide, findings["midline_from"] = _divide([], affine, landmarks, start, scan_shape)
     kept = [c for c in findings["components"] if c["kept"]]
     per_side = {side: sum(c["side"] in (side, "both") for c in kept) for side in ("left", "right")}
     volumes = class_volumes_ml(out, spacing, affine=affine, divide_leftness_mm=divide, side_components=per_side)

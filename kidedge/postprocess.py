@@ -344,7 +344,8 @@ def class_volumes_ml(labels, spacing=None, affine=None, divide_leftness_mm: floa
 
 
 def _leftness_of(s, r, c, affine, spacing) -> np.ndarray:
-    """:func:`_leftness_mm` of voxels given by index arrays (or broadcastable grids)."""
+    """:func:`_leftness_mm` of voxels given by index arrays (or broadcastable grids): no
+    (n, 4) homogeneous array is built."""
     if affine is None:
         return c * float(spacing[2])
     return -(affine[0, 0] * s + affine[0, 1] * r + affine[0, 2] * c + affine[0, 3])
@@ -357,11 +358,9 @@ def _leftness_mm(voxel_points: np.ndarray, affine, spacing) -> np.ndarray:
     Without: the column index times the column spacing (canonical columns grow toward
     the patient's left).
     """
-    if affine is None:
-        return voxel_points[:, 2].astype(np.float64) * float(spacing[2])
-    homog = np.c_[voxel_points, np.ones(len(voxel_points))]
-    world = homog @ np.asarray(affine, dtype=np.float64).T
-    return -world[:, 0]
+    pts = np.asarray(voxel_points, dtype=np.float64)
+    return _leftness_of(pts[:, 0], pts[:, 1], pts[:, 2], None if affine is None else np.asarray(affine, np.float64),
+                        spacing)
 
 
 def review_segmentation(labels, spacing, affine=None, landmarks=None, *, box_start=None, scan_shape=None):
