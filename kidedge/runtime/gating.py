@@ -73,9 +73,11 @@ class CascadeGate:
             then only slices are gated.
         slice_step: stage 1 ran on every ``slice_step``-th slice only. Sampled slices
             next to each other count as neighbours for the 3D regions, and the region's
-            slice range grows by ``slice_step - 1`` more slices each way (the kidney may
-            end anywhere before the next sampled slice without it); in plane, the box of
-            the sampled slices stands for the slices between them (the margin covers the
+            slice range grows over the unseen slices beyond its first and last hit (the
+            kidney may end anywhere before the next seen slice) - unless the caller runs
+            stage 1 on those slices too (:meth:`unseen_edges`), which finds where the
+            kidney really ends, as stage 1 on every slice would; in plane, the box of
+            the seen slices stands for the slices between them (the margin covers the
             few mm a kidney's outline moves over one step).
     """
 
@@ -105,19 +107,22 @@ class CascadeGate:
         return cls(shape, spacing, stage.roi.labels, stage.roi.margin_mm, crop_in_plane=not fixed_native,
                    slice_step=slice_step)
 
-    def add(self, start: int, labels_lowres: np.ndarray) -> None:
-        """Record stage 1's labels for slices ``start, start + slice_step, ...`` (n of them).
+    def add(self, start: int, labels_lowres: np.ndarray, step: int | None = None) -> None:
+        """Record stage 1's labels for slices ``start, start + step, ...`` (n of them).
 
         Args:
             start: canonical index of the first slice.
             labels_lowres: uint8 ``(n, h, w)`` stage 1 labels on its own grid, which
                 covers the whole slice (padding already removed).
+            step: slices between them (default: the gate's ``slice_step``; 1 for the
+                slices of :meth:`unseen_edges`).
         """
         n = labels_lowres.shape[0]
+        step = self.slice_step if step is None else int(step)
         hit = np.isin(labels_lowres, self.roi_labels)
         self._region_ready = False
         for i in range(n):
-            k = start + i * self.slice_step
+            k = start + i * step
             self.seen[k] = True
             if hit[i].any():
                 self.hits[k] = hit[i]
@@ -167,6 +172,26 @@ class CascadeGate:
             self._region_ready = True
         return self._region
 
+    def _unseen_run(self, k: int, direction: int) -> int:
+        """The last slice of the run of unseen slices next to slice ``k`` in ``direction``
+        (-1 down, +1 up); ``k`` itself when its neighbour is seen or off the scan."""
+        while 0 <= k + direction < self.shape[0] and not self.seen[k + direction]:
+            k += direction
+        return k
+
+    def unseen_edges(self) -> list[tuple[int, int]]:
+        """Half-open slice ranges stage 1 did not see between the kept regions' first and
+        last hit and the nearest seen slice beyond them: running stage 1 there (and
+        :meth:`add` with ``step=1``) puts the region's ends where stage 1 on every slice
+        would, instead of a whole step beyond the last hit. Empty when nothing was found
+        or every slice was seen."""
+        found = np.flatnonzero(self._kept_boxes()[:, 0] >= 0) if self.hits else np.empty(0, int)
+        if found.size == 0:
+            return []
+        lo, hi = int(found[0]), int(found[-1])
+        edges = [(self._unseen_run(lo, -1), lo), (hi + 1, self._unseen_run(hi, +1) + 1)]
+        return [(a, b) for a, b in edges if b > a]
+
     def _compute_region(self) -> RegionOfInterest | None:
         if not self.hits:
             return None
@@ -175,8 +200,8 @@ class CascadeGate:
         if found.size == 0:
             return None
         b = boxes[found]
-        # the kidney may reach up to the next (unseen) sampled slice on either side
-        found = np.array([max(0, found[0] - self.slice_step + 1), min(self.shape[0] - 1, found[-1] + self.slice_step - 1)])
+        # the kidney may reach up to the next seen slice on either side
+        found = np.array([self._unseen_run(int(found[0]), -1), self._unseen_run(int(found[-1]), +1)])
         found_box = (slice(int(found[0]), int(found[-1]) + 1), slice(int(b[:, 0].min()), int(b[:, 1].max())),
                      slice(int(b[:, 2].min()), int(b[:, 3].max())))
         z, r, c = grow_box(found_box, self.shape, margin_voxels(self.spacing, self.margin_mm))

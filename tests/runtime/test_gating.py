@@ -96,3 +96,33 @@ def test_localiser_step_in_slices():
 
     assert [localiser_step(mm, 4.0) for mm in (0.5, 0.8, 1.0, 2.0, 2.5, 3.0, 5.0)] == [8, 5, 4, 2, 1, 1, 1]
     assert localiser_step(0.5, 0.0) == 1  # 0: every slice
+
+
+def test_the_unseen_slices_at_the_ends_give_the_every_slice_region():
+    # stage 1 on every 4th slice, then on the unseen slices beyond the first and last hit:
+    # the region is the one stage 1 on every slice gives (kidneys on 30..49, speck on 4)
+    step = 4
+    low = np.zeros((80, 32, 32), np.uint8)
+    low[30:50, 12:18, 6:10] = 1
+    low[32:48, 12:18, 22:26] = 1
+    low[4, 30, 30] = 1
+    every = CascadeGate((80, 128, 128), (2.5, 0.8, 0.8), [1, 2, 3], margin_mm=5.0)
+    every.add(0, low)
+    gate = CascadeGate((80, 128, 128), (2.5, 0.8, 0.8), [1, 2, 3], margin_mm=5.0, slice_step=step)
+    gate.add(0, low[0:80:step])
+    # hits on sampled slices 32..48: the unseen 29..31 below, 49..51 above
+    assert gate.unseen_edges() == [(29, 32), (49, 52)]
+    for a, b in gate.unseen_edges():
+        gate.add(a, low[a:b], step=1)
+    assert gate.region() == every.region()
+    assert (gate.region().slice_start, gate.region().slice_stop) == (30 - 2, 50 + 2)
+    assert gate.unseen_edges() == []  # the ends are seen now
+    # at the scan's ends the unseen run stops at the first and last slice
+    edge = CascadeGate((10, 16, 16), (1.0, 1.0, 1.0), [1], margin_mm=0.0, slice_step=4)
+    hit = np.zeros((3, 16, 16), np.uint8)
+    hit[:, 5, 5] = 1
+    edge.add(1, hit)  # slices 1, 5, 9
+    assert edge.unseen_edges() == [(0, 1)]
+    empty = CascadeGate((10, 16, 16), (1.0, 1.0, 1.0), [1], margin_mm=0.0, slice_step=4)
+    empty.add(0, np.zeros((3, 16, 16), np.uint8))
+    assert empty.unseen_edges() == []
