@@ -109,8 +109,9 @@ def phantom(out_dir, cases, from_labels, training_set, bodies, kidneys, workers,
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.batch_size=8.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False),
               help="Fine-tune: start every stage from this earlier run's best weights (fresh optimiser and schedule).")
-@click.option("--keep-stage", "keep_stages", multiple=True, metavar="NAME",
-              help="With --init-from: take this stage over unchanged, without training (repeatable).")
+@click.option("--keep-stage", "keep_stages", multiple=True, metavar="NAME[=RUN]",
+              help="With --init-from: take this stage over unchanged, without training, from that run "
+                   "or from RUN (repeatable).")
 @click.option("--cache", type=click.Path(file_okay=False),
               help="Folder of converted cases (default RUN_DIR/cache); runs on the same data may share one.")
 @click.option("--list", "list_recipes", is_flag=True, help="List the recipes and their sources.")

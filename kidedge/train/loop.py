@@ -45,7 +45,7 @@ CLASSES = {"0": "background", "1": "kidney", "2": "tumour", "3": "cyst"}
 __all__ = ["CLASSES", "StageTrainer", "train_recipe"]
 
 
-def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool, cache_dir=None, warm=None):
+def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool, cache_dir=None, sources=()):
     """The patient-level split (saved, or reused on resume) and the cached cases."""
     split_path = run_dir / "split.json"
     if resume and split_path.is_file():
@@ -58,8 +58,8 @@ def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool, cache_dir=
             split = make_split([c.case_id for c in found], s["seed"], s["train"], s["val"], s["test"])
         if ddp.is_main():
             write_json_atomic(split_path, split, default=float)
-    if warm is not None:
-        warm.check_split(split)
+    for source in sources:  # every run weights come from: no case it trained on is held out here
+        source.check_split(split)
     by_id = {c.case_id: c for c in found}
     missing = [cid for part in ("train", "val", "test") for cid in split[part] if cid not in by_id]
     if missing:
@@ -90,7 +90,10 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
         overrides: ``key=value`` recipe overrides (see kidedge.train.recipes).
         init_from: an earlier run directory: every trained stage starts from its best
             weights with a fresh optimiser and schedule (:mod:`kidedge.train.warm_start`).
-        keep_stages: with ``init_from``, names of stages taken over from it unchanged.
+        keep_stages: with ``init_from``, stages taken over unchanged: ``NAME`` from
+            ``init_from``, ``NAME=RUN`` from another finished run (stage 2 of a 2D cascade
+            trains on the truth's region, not on stage 1's output, so stages fine-tuned in
+            separate runs can be put together; keeping every stage only assembles them).
         cache: folder of converted cases (default ``out/cache``); runs on the same data
             may share one.
 
@@ -99,7 +102,7 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     """
     r = load_recipe(recipe, overrides)
     run_dir = Path(out)
-    warm = _warm_start(r, init_from, keep_stages, pretrained)
+    warm, keeps = _warm_start(r, init_from, keep_stages, pretrained)
     if (run_dir / "run.json").exists() and not resume:
         raise KidedgeError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
     if run_dir.exists() and not run_dir.is_dir():
@@ -114,7 +117,8 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        split, train_cases, val_cases, test_cases = _prepare_cases(run_dir, r, found, data, resume, cache, warm)
+        sources = [warm, *keeps.values()] if warm is not None else []
+        split, train_cases, val_cases, test_cases = _prepare_cases(run_dir, r, found, data, resume, cache, sources)
     except KidedgeError:
         # a bad case (corrupt file, wrong shape) found while caching: leave no half-made run
         if created and ddp.is_main():
@@ -129,7 +133,8 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
         "torch": torch.__version__,
     }
     if warm is not None:
-        run["init_from"] = {"run": str(warm.dir), "kept_stages": list(keep_stages)}
+        run["init_from"] = {"run": str(warm.dir), "kept_stages": list(keeps),
+                            "kept_from": {name: str(k.dir) for name, k in keeps.items()}}
     previous = {}
     if resume and (run_dir / "run.json").is_file():
         old = json.loads((run_dir / "run.json").read_text())
@@ -138,9 +143,10 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     entries, models = [], []
     started = time.perf_counter()
     for si, stage in enumerate(r["stages"]):
-        if stage["name"] in keep_stages and stage["name"] not in previous:
+        if stage["name"] in keeps and stage["name"] not in previous:
             # rank 0 copies the files; every rank gets the entry
-            previous[stage["name"]] = warm.keep(stage, stage["preprocess"].to_dict(), run_dir, copy=ddp.is_main())
+            previous[stage["name"]] = keeps[stage["name"]].keep(stage, stage["preprocess"].to_dict(), run_dir,
+                                                                copy=ddp.is_main())
             ddp.barrier()
         if stage["name"] in previous:
             entry = previous[stage["name"]]
@@ -183,21 +189,28 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     return 0
 
 
-def _warm_start(r: dict, init_from, keep_stages, pretrained):
-    """The :class:`WarmStart` of ``init_from`` (None without), after checking the options."""
+def _warm_start(r: dict, init_from, keep_stages, pretrained) -> tuple[WarmStart | None, dict]:
+    """The :class:`WarmStart` of ``init_from`` (None without) and, per kept stage, the run
+    it is taken from, after checking the options."""
     if init_from is None:
         if keep_stages:
             raise KidedgeError("--keep-stage takes a stage from an earlier run: give --init-from RUN")
-        return None
+        return None, {}
     if pretrained:
         raise KidedgeError("--pretrained and --init-from both set the starting weights: give one")
     names = [s["name"] for s in r["stages"]]
-    unknown = [k for k in keep_stages if k not in names]
-    if unknown:
-        raise KidedgeError(f"--keep-stage {unknown[0]}: the recipe has no such stage (it has: {', '.join(names)})")
-    if set(keep_stages) >= set(names):
-        raise KidedgeError("--keep-stage names every stage: nothing would be trained")
     warm = WarmStart(init_from)
+    keeps: dict[str, WarmStart] = {}
+    for item in keep_stages:
+        name, _, other = str(item).partition("=")
+        if name not in names:
+            raise KidedgeError(f"--keep-stage {name}: the recipe has no such stage (it has: {', '.join(names)})")
+        if name in keeps:
+            raise KidedgeError(f"--keep-stage {name}: given twice")
+        keeps[name] = WarmStart(other, option=f"--keep-stage {name}=") if other else warm
+    if set(keeps) >= set(names) and all(k is warm for k in keeps.values()):
+        raise KidedgeError(f"--keep-stage names every stage of {warm.dir}: nothing would be trained "
+                           "(to put stages of different runs together, give NAME=RUN)")
     for stage in r["stages"]:
-        warm.weights(stage)  # every stage must fit before any training starts
-    return warm
+        keeps.get(stage["name"], warm).weights(stage)  # every stage must fit before any training starts
+    return warm, keeps

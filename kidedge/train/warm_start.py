@@ -6,7 +6,9 @@ Resuming cannot do that: the resumed scheduler keeps the old run's length, so a 
 schedule would climb back up. A warm start instead begins a *new* run whose stages
 start from the earlier run's best weights with a fresh optimiser and schedule (the
 recipe's, or ``--set`` overrides such as a lower ``lr``); ``--keep-stage`` takes a
-stage over unchanged (its weights, preprocessing and metrics), without training.
+stage over unchanged (its weights, preprocessing and metrics), without training, from the
+same run or (``--keep-stage NAME=RUN``) from another: a cascade's stages fine-tuned in two
+runs at once can be put together (stage 2 trains on the truth's region, not on stage 1).
 
 Both refuse what would make the new run's numbers dishonest or unloadable:
 
@@ -33,17 +35,19 @@ class WarmStart:
 
     Args:
         run_dir: the earlier run (its ``run.json`` must list finished stages).
+        option: the command-line option that named it, for the messages.
     """
 
-    def __init__(self, run_dir) -> None:
+    def __init__(self, run_dir, option: str = "--init-from ") -> None:
         self.dir = Path(run_dir)
+        self.option = option  # how the run was named, for the messages
         path = self.dir / "run.json"
         if not path.is_file():
-            raise KidedgeError(f"--init-from {self.dir}: no run.json (not a finished kidedge training run)")
+            raise KidedgeError(f"{option}{self.dir}: no run.json (not a finished kidedge training run)")
         try:
             self.run = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise KidedgeError(f"--init-from {self.dir}: unreadable run.json ({type(exc).__name__})") from exc
+            raise KidedgeError(f"{option}{self.dir}: unreadable run.json ({type(exc).__name__})") from exc
         self.stages = {s["name"]: s for s in self.run.get("stages", []) if s.get("status") == "done"}
 
     def check_split(self, split: dict) -> None:
@@ -52,18 +56,18 @@ class WarmStart:
         leaked = sorted(trained & (set(split.get("val", [])) | set(split.get("test", []))))
         if leaked:
             raise KidedgeError(
-                f"--init-from {self.dir}: {len(leaked)} case(s) it trained on are held out in this run "
+                f"{self.option}{self.dir}: {len(leaked)} case(s) it trained on are held out in this run "
                 f"(e.g. {leaked[0]}): use the same split (--set split.file=...) so held-out scores stay honest")
 
     def _stage(self, stage: dict) -> dict:
         name = stage["name"]
         old = self.stages.get(name)
         if old is None:
-            raise KidedgeError(f"--init-from {self.dir}: no finished stage '{name}' "
+            raise KidedgeError(f"{self.option}{self.dir}: no finished stage '{name}' "
                                f"(it has: {', '.join(self.stages) or 'none'})")
         if old.get("arch") != stage["arch"] or dict(old.get("model_kwargs", {})) != dict(stage["model_kwargs"]):
             raise KidedgeError(
-                f"--init-from {self.dir}: stage '{name}' is {old.get('arch')} {old.get('model_kwargs')}, "
+                f"{self.option}{self.dir}: stage '{name}' is {old.get('arch')} {old.get('model_kwargs')}, "
                 f"the recipe's is {stage['arch']} {stage['model_kwargs']}: the weights do not fit")
         return old
 
@@ -71,7 +75,7 @@ class WarmStart:
         """The earlier run's best weights for the recipe's ``stage`` (checked to fit)."""
         path = self.dir / self._stage(stage)["checkpoint"]
         if not path.is_file():
-            raise KidedgeError(f"--init-from {self.dir}: {path.name} of stage '{stage['name']}' is missing")
+            raise KidedgeError(f"{self.option}{self.dir}: {path.name} of stage '{stage['name']}' is missing")
         return path
 
     def keep(self, stage: dict, spec: dict, run_dir: Path, copy: bool = True) -> dict:

@@ -53,7 +53,19 @@ def test_keep_stage_and_start_from_best_weights(first_run, phantom_data, tmp_pat
     assert localise["kept_from"] == str(first_run)
     assert localise["metrics"] == first["stages"][0]["metrics"]
     assert segment["init_from"].endswith("segment/best.pt") and "kept_from" not in segment
-    assert run["init_from"] == {"run": str(first_run), "kept_stages": ["localise"]}
+    assert run["init_from"] == {"run": str(first_run), "kept_stages": ["localise"],
+                                "kept_from": {"localise": str(first_run)}}
+    # stages of two runs put together: the localiser of this run, the segmenter of the first
+    both = tmp_path / "both"
+    train_recipe("kidedge_default", phantom_data, both, epochs=1, device="cpu", overrides=TINY,
+                 init_from=first_run, keep_stages=("segment", f"localise={out}"), cache=first_run / "cache")
+    assert not (both / "cache").exists()
+    assert _same(_weights(both / "localise" / "best.pt"), _weights(out / "localise" / "best.pt"))
+    assert _same(_weights(both / "segment" / "best.pt"), _weights(first_run / "segment" / "best.pt"))
+    joined = json.loads((both / "run.json").read_text())
+    assert [s["kept_from"] for s in joined["stages"]] == [str(out), str(first_run)]
+    assert joined["init_from"]["kept_from"] == {"segment": str(first_run), "localise": str(out)}
+    assert joined["metrics"]["val"]  # the held-out scoring ran on the assembled cascade
 
 
 def test_without_init_the_segment_starts_elsewhere(first_run, phantom_data, tmp_path, monkeypatch):
@@ -81,6 +93,15 @@ def test_refusals(first_run, phantom_data, tmp_path):
     with pytest.raises(KidedgeError, match="no such stage"):
         train_recipe("kidedge_default", phantom_data, tmp_path / "c", overrides=TINY, init_from=first_run,
                      keep_stages=("kidney",))
+    with pytest.raises(KidedgeError, match="nothing would be trained"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "f", overrides=TINY, init_from=first_run,
+                     keep_stages=("localise", "segment"))
+    with pytest.raises(KidedgeError, match="given twice"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "g", overrides=TINY, init_from=first_run,
+                     keep_stages=("localise", f"localise={first_run}"))
+    with pytest.raises(KidedgeError, match=f"--keep-stage localise={tmp_path}: no run.json"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "h", overrides=TINY, init_from=first_run,
+                     keep_stages=(f"localise={tmp_path}",))
     with pytest.raises(KidedgeError, match="give --init-from"):
         train_recipe("kidedge_default", phantom_data, tmp_path / "d", overrides=TINY, keep_stages=("localise",))
     res = CliRunner().invoke(main, ["train", "--recipe", "kidedge_default", "--data", str(phantom_data),
