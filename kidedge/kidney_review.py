@@ -73,6 +73,7 @@ from kidedge.postprocess import (
     _MIN_KIDNEY_SEPARATION_MM,
     _check_labels,
     _foreground_box,
+    _leftness_mm,
     _voxel_ml,
     class_volumes_ml,
     label26,
@@ -163,11 +164,6 @@ def seat_masses_on_kidney(block: np.ndarray, spacing) -> list[dict]:
     return found
 
 
-def _leftness(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """mm toward the patient's left of (slice, row, col) points (minus RAS+ world x)."""
-    return -(np.c_[points, np.ones(len(points))] @ affine[0])
-
-
 def _position(world: np.ndarray, landmarks) -> tuple[str | None, dict]:
     """Rule 3 for one centroid: the reason it is implausible (None: plausible or unknown)."""
     s, r, c = landmarks.to_voxel(world[None])[0]
@@ -209,7 +205,7 @@ def _divide(comps: list[dict], affine, landmarks, box_start, scan_shape) -> tupl
     shape = scan_shape if scan_shape is not None else None
     start = np.asarray(box_start if box_start is not None else (0, 0, 0), float)
     centre = (np.asarray(shape, float) - 1) / 2.0 - start if shape is not None else np.array([0.0, 0.0, 0.0])
-    return float(_leftness(centre[None], affine)[0]), "field of view centre" if shape is not None else "array centre"
+    return float(_leftness_mm(centre[None], affine, None)[0]), "field of view centre" if shape is not None else "array centre"
 
 
 def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel_ml: float):
@@ -217,7 +213,7 @@ def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel
     comps = []
     for i, sl in enumerate(ndimage.find_objects(comp)):
         pts = np.argwhere(comp[sl] == i + 1) + [s.start for s in sl] + offset
-        lefts = _leftness(pts.astype(float), affine)
+        lefts = _leftness_mm(pts, affine, None)  # the review always has an affine
         centroid = pts.mean(axis=0)
         world = (np.r_[centroid, 1.0] @ affine.T)[:3]
         comps.append({"id": i + 1, "voxels": len(pts), "ml": len(pts) * voxel_ml, "centroid": centroid,
