@@ -33,7 +33,12 @@ from kidedge.errors import KidedgeError
 from kidedge.package import ModelPackage
 from kidedge.postprocess import class_volumes_ml, review_segmentation
 from kidedge.runtime.backends.base import BackendOutOfMemory, BackendUnavailable
-from kidedge.runtime.backends.registry import BackendChoice, create_backend, select_backend
+from kidedge.runtime.backends.registry import (
+    BackendChoice,
+    cpu_parallel_calls,
+    create_backend,
+    select_backend,
+)
 from kidedge.runtime.blas_threads import SingleThreadedBlas
 from kidedge.runtime.cascade3d import DEFAULT_WINDOWS_CPU, DEFAULT_WINDOWS_GPU, segment_3d
 from kidedge.runtime.gating import CascadeGate, RegionOfInterest
@@ -114,7 +119,9 @@ class Segmenter:
         batch: micro-batch size in slices (default 4 on a CPU, 16 on a GPU); for a 3D
             package, windows per inference call (default 1 on a CPU, 2 on a GPU).
         slab_size: slices read and preprocessed at a time.
-        threads: CPU threads for the engine (None: the library's default).
+        threads: CPU threads for the engine (None: the library's default). A 2D package
+            on onnxruntime's CPU provider runs that many one-thread calls side by side
+            (:func:`kidedge.runtime.backends.registry.cpu_parallel_calls`).
         localiser_step_mm: a cascade's localiser runs on one slice every this many mm
             (:data:`LOCALISER_STEP_MM`); 0 runs it on every slice.
 
@@ -146,9 +153,13 @@ class Segmenter:
         try:
             # the pipeline's threads and the engine's pool share the cores: no BLAS pool on top
             self._stack.enter_context(SingleThreadedBlas())
+            calls, threads = 1, self.threads
+            if self.choice.backend == "onnxruntime" and self.choice.device == "cpu" and not self.is_3d:
+                # 2D slices stream through the pipeline's micro-batches: run them side by side
+                calls, threads = cpu_parallel_calls(self.threads)
             for stage in ([self.localiser] if self.localiser else []) + [self.segmenter]:
                 backend = create_backend(self.choice, self.package, stage, max_batch=self.batch,
-                                         threads=self.threads)
+                                         threads=threads, parallel_calls=calls)
                 self.backends[stage.name] = self._stack.enter_context(backend)
         except BackendUnavailable as exc:
             self._stack.close()

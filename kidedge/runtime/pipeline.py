@@ -6,6 +6,13 @@ One stage of a package runs over a scan as three workers joined by bounded queue
     read slab  ->  [q] -> micro-batched infer -> [q] -> logits -> uint8 labels -> sink
     + preprocess    (slabs)                 (micro-batches)
 
+Where the engine runs calls side by side (``Backend.parallel_calls`` > 1: onnxruntime on
+CPU, one thread per call), the main thread hands micro-batches in turn to that many
+inference threads, and the labeller puts their logits back in slice order. On 2 cores two
+one-thread calls side by side are faster than one two-thread call at a time (the
+convolutions of a 128 x 288 crop are too small to split well across threads;
+benchmarks/results/cpu-2core-amd-epyc/threads.md).
+
 The queues hold at most ``queue_depth`` slabs (input) and ``queue_depth`` micro-batches
 (logits), so memory stays bounded by a few slabs whatever the scan's length, and
 decompression / preprocessing (numpy and zlib release the GIL) run while the engine
@@ -209,6 +216,10 @@ def run_stage(
         _put(q_in, _DONE, abort)
 
     def label() -> None:
+        # micro-batches may finish out of order (parallel infer calls): the sink still
+        # gets them in slice order, from the few held here until their turn
+        pending: dict[int, tuple] = {}
+        turn = 0
         while not abort.is_set():
             try:
                 item = q_out.get(timeout=0.1)
@@ -216,17 +227,50 @@ def run_stage(
                 continue
             if item is _DONE:
                 return
-            a, b, logits = item
-            with profiler.stage(f"{name}.labels"):
-                labels = logits_to_labels(logits, stage.output, content, target)
-            with profiler.stage(f"{name}.sink"):
-                sink(a, b, labels)
+            seq, a, b, logits = item
+            pending[seq] = (a, b, logits)
+            del item, logits
+            while turn in pending:
+                a, b, logits = pending.pop(turn)
+                turn += 1
+                with profiler.stage(f"{name}.labels"):
+                    labels = logits_to_labels(logits, stage.output, content, target)
+                del logits
+                with profiler.stage(f"{name}.sink"):
+                    sink(a, b, labels)
+
+    def infer(seq: int, first: int, xb: np.ndarray) -> bool:
+        """One micro-batch through the engine, its logits to the labeller."""
+        t = time.perf_counter()
+        logits = backend.infer(xb)
+        dt = time.perf_counter() - t
+        profiler.add_batch(xb.shape[0], dt)
+        profiler.add_time(f"{name}.infer", dt)
+        # Logits travel per micro-batch, so only a few micro-batches of logits exist at
+        # any time, whatever the slab size.
+        return _put(q_out, (seq, first, first + (xb.shape[0] - 1) * slice_step + 1, logits), abort)
+
+    # Engines that run calls side by side (onnxruntime on CPU, one thread per call:
+    # Backend.parallel_calls) get that many inference threads fed micro-batches in turn.
+    calls = max(1, int(getattr(backend, "parallel_calls", 1)))
+    q_work: queue.Queue = queue.Queue(maxsize=calls)
+
+    def infer_worker() -> None:
+        while not abort.is_set():
+            try:
+                item = q_work.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE or not infer(*item):
+                return
 
     reader = _Worker(read_and_preprocess, f"kidedge-{name}-reader", abort)
     labeller = _Worker(label, f"kidedge-{name}-labeller", abort)
-    reader.start()
-    labeller.start()
-    done = 0
+    inferers = [_Worker(infer_worker, f"kidedge-{name}-infer{i}", abort) for i in range(calls if calls > 1 else 0)]
+    workers = [reader, labeller, *inferers]
+    for worker in workers:
+        worker.start()
+    done = seq = 0
     try:
         while True:
             try:
@@ -243,29 +287,26 @@ def run_stage(
             stopped = False
             for i in range(0, x.shape[0], batch):
                 xb = x[i:i + batch]
-                t = time.perf_counter()
-                logits = backend.infer(xb)
-                dt = time.perf_counter() - t
-                profiler.add_batch(xb.shape[0], dt)
-                profiler.add_time(f"{name}.infer", dt)
-                # Logits travel per micro-batch, so at most queue_depth + 2 micro-batches
-                # of logits exist at any time, whatever the slab size.
-                first = a + i * slice_step
-                if not _put(q_out, (first, first + (xb.shape[0] - 1) * slice_step + 1, logits), abort):
+                work = (seq, a + i * slice_step, xb)
+                seq += 1
+                if not (_put(q_work, work, abort) if inferers else infer(*work)):
                     stopped = True
                     break
-                del logits
             done += x.shape[0]
-            del x
+            x = xb = work = None  # views of the slab: drop them all so it is freed
             if stopped:
                 break
+        for _ in inferers:
+            _put(q_work, _DONE, abort)
+        for worker in inferers:
+            worker.join()
         _put(q_out, _DONE, abort)
         labeller.join()
     finally:
         abort.set()
-        reader.join()
-        labeller.join()
-    for worker in (reader, labeller):
+        for worker in workers:
+            worker.join()
+    for worker in workers:
         if worker.error is not None:
             raise worker.error
     return done

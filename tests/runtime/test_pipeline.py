@@ -1,5 +1,6 @@
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -64,6 +65,51 @@ def test_run_stage_streams_every_slice_once_in_order(scan):
     assert max(sh[0] for sh in b.shapes) == 3
     np.testing.assert_array_equal(got, ((hu + 100) / 500 > 0.5).astype(np.uint8))
     assert prof.result(21)["latency_ms"]["n"] == 21
+
+
+class SideBySide(Threshold):
+    """Threshold with calls side by side: each sleeps so that later calls often finish
+    first; records how many ran at once."""
+
+    def __init__(self, calls, fail_at=None):
+        super().__init__(fail_at)
+        self.parallel_calls = calls
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def _infer(self, x):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            out = super()._infer(x)
+            delay = 0.02 if self.calls % 2 else 0.0  # odd calls finish after the next one
+        time.sleep(delay)
+        with self.lock:
+            self.running -= 1
+        return out
+
+
+def test_parallel_calls_give_the_same_labels_in_slice_order(scan):
+    s, hu = scan
+    got, seen = np.zeros(s.shape, np.uint8), []
+    with SideBySide(3) as b, Profiler(gpu=False, power=False) as prof:
+        n = run_stage(s, b, STAGE, lambda a, z, lab: (seen.append((a, z)), got.__setitem__(slice(a, z), lab)),
+                      prof, batch=2, slab_size=4)
+    assert n == 21 and b.calls == 11
+    assert b.most > 1  # calls did run side by side ...
+    assert seen[0][0] == 0 and seen[-1][1] == 21  # ... and the sink still got them in order
+    assert all(p[1] == q[0] for p, q in zip(seen, seen[1:], strict=False))
+    np.testing.assert_array_equal(got, ((hu + 100) / 500 > 0.5).astype(np.uint8))
+    assert prof.result(21)["latency_ms"]["n"] == 21
+
+
+def test_parallel_call_error_propagates_and_threads_end(scan):
+    s, _ = scan
+    before = threading.active_count()
+    with SideBySide(2, fail_at=3) as b, Profiler(gpu=False, power=False) as prof:
+        with pytest.raises(RuntimeError, match="engine failure"):
+            run_stage(s, b, STAGE, lambda *a: None, prof, batch=2, slab_size=2)
+    assert threading.active_count() <= before
 
 
 def test_run_stage_on_a_region(scan):

@@ -37,6 +37,9 @@ class Backend(abc.ABC):
     #: The only input (height, width) sizes the engine runs (its shape buckets), set on
     #: activation by engines with fixed shapes (TensorRT); None: any size.
     input_buckets: list[tuple[int, int]] | None = None
+    #: How many :meth:`infer` calls may run at once, each on its own thread (the streaming
+    #: pipeline runs that many side by side); 1: one call at a time.
+    parallel_calls: int = 1
 
     def __init__(self) -> None:
         self.is_active = False

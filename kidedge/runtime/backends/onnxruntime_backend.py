@@ -45,10 +45,12 @@ class OnnxRuntimeBackend(Backend):
     Args:
         model_path: the ``.onnx`` file (already hash-checked by the package).
         device: ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` (the execution provider).
-        threads: intra-op threads for the CPU provider (None: onnxruntime's default, one
-            per physical core).
+        threads: intra-op threads for the CPU provider, per call (None: onnxruntime's
+            default, one per physical core; 1 when ``parallel_calls`` > 1).
         trt_cache_dir: where the TensorRT execution provider caches its engines, so the
             minutes-long engine build happens once per machine, not once per run.
+        parallel_calls: on CPU, how many calls the caller may run side by side
+            (:attr:`Backend.parallel_calls`); GPU providers take one at a time.
     """
 
     name = "onnxruntime"
@@ -59,6 +61,7 @@ class OnnxRuntimeBackend(Backend):
         device: str = "cpu",
         threads: int | None = None,
         trt_cache_dir: str | Path | None = None,
+        parallel_calls: int = 1,
     ) -> None:
         super().__init__()
         if device not in PROVIDERS:
@@ -66,6 +69,10 @@ class OnnxRuntimeBackend(Backend):
         self.model_path = Path(model_path)
         self.device = device
         self.threads = threads
+        # onnxruntime's run() may be called from several threads at once; on CPU, calls
+        # side by side with ``threads`` threads each (default 1) use small cores better
+        # than one call split across them (see kidedge.runtime.pipeline)
+        self.parallel_calls = max(1, int(parallel_calls)) if device == "cpu" else 1
         self.trt_cache_dir = trt_cache_dir
         self.session = None
         self.description = f"onnxruntime ({device})"
@@ -81,8 +88,8 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
-        if self.threads:
-            opts.intra_op_num_threads = int(self.threads)
+        if self.threads or self.parallel_calls > 1:
+            opts.intra_op_num_threads = int(self.threads or 1)
         if os.environ.get("KIDEDGE_ORT_SPIN", "0") != "1":
             # onnxruntime's pool busy-waits between operators by default; on a small CPU that
             # spinning takes the cores the pipeline's reader and labeller threads need (and

@@ -219,7 +219,7 @@ def select_backend(package, backend: str = "auto", precision: str = "auto",
 
 
 def create_backend(choice: BackendChoice, package, stage: Stage, max_batch: int = 8,
-                   threads: int | None = None) -> Backend:
+                   threads: int | None = None, parallel_calls: int = 1) -> Backend:
     """The (not yet activated) backend of one stage; the model file's hash is checked here.
 
     Args:
@@ -227,12 +227,15 @@ def create_backend(choice: BackendChoice, package, stage: Stage, max_batch: int 
         package: the :class:`kidedge.package.ModelPackage`.
         stage: one of ``package.stages`` (a :class:`kidedge.package.Stage`).
         max_batch: micro-batch size (TensorRT sizes its buffers for it).
-        threads: CPU threads for onnxruntime / torch on CPU (None: library default).
+        threads: CPU threads for onnxruntime / torch on CPU (None: library default); per
+            call when ``parallel_calls`` > 1.
+        parallel_calls: onnxruntime on CPU only: infer calls the pipeline may run side by
+            side (:attr:`kidedge.runtime.backends.base.Backend.parallel_calls`).
     """
     key = choice.files[stage.name]
     path = package.file_path(stage.name, key)
     if choice.backend == "onnxruntime":
-        return OnnxRuntimeBackend(path, device=choice.device, threads=threads)
+        return OnnxRuntimeBackend(path, device=choice.device, threads=threads, parallel_calls=parallel_calls)
     if choice.backend == "tensorrt":
         parsed, entry = PlanKey.parse(key), stage.plans.get(key)
         # the buckets the plan was built for (its profiles are checked against them)
@@ -248,3 +251,36 @@ def default_threads() -> int | None:
     """CPU threads for inference: ``KIDEDGE_THREADS`` if set, else the library default."""
     v = os.environ.get("KIDEDGE_THREADS")
     return int(v) if v and v.isdigit() and int(v) > 0 else None
+
+
+#: At most this many side-by-side infer calls (:func:`cpu_parallel_calls`): more would only
+#: multiply the micro-batches in flight (memory) on a many-core machine.
+MAX_PARALLEL_CALLS = 4
+
+
+def cpu_parallel_calls(threads: int | None) -> tuple[int, int | None]:
+    """``(calls, threads per call)`` for a 2D package on onnxruntime's CPU provider.
+
+    ``KIDEDGE_PARALLEL_CALLS`` (a number; 1: one call at a time, on all ``threads``) wins;
+    else ``threads`` (``KIDEDGE_THREADS``) one-thread calls side by side, or
+    without it one call per usable core up to :data:`MAX_PARALLEL_CALLS`, the cores shared
+    among them. Measured on 2 cores only (benchmarks/results/cpu-2core-amd-epyc/
+    threads.md); the split on larger machines is reasoned, not measured.
+    """
+    v = os.environ.get("KIDEDGE_PARALLEL_CALLS", "")
+    if v.isdigit() and int(v) > 0:
+        calls = int(v)
+        return calls, (threads if calls == 1 else max(1, (threads or _usable_cores()) // calls))
+    if threads:
+        return threads, 1
+    cores = _usable_cores()
+    calls = max(1, min(cores, MAX_PARALLEL_CALLS))
+    return calls, max(1, cores // calls)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+

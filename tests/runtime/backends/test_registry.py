@@ -95,3 +95,35 @@ def test_torch_fp16_needs_cuda(tmp_path):
     with pytest.raises(BackendUnavailable, match="CUDA"):
         b.activate()
     assert not b.is_active
+
+
+def test_cpu_parallel_calls(monkeypatch):
+    from kidedge.runtime.backends import registry
+
+    monkeypatch.delenv("KIDEDGE_PARALLEL_CALLS", raising=False)
+    monkeypatch.setattr(registry, "_usable_cores", lambda: 2)
+    assert registry.cpu_parallel_calls(None) == (2, 1)  # one one-thread call per core
+    assert registry.cpu_parallel_calls(1) == (1, 1)
+    assert registry.cpu_parallel_calls(3) == (3, 1)
+    monkeypatch.setattr(registry, "_usable_cores", lambda: 16)
+    assert registry.cpu_parallel_calls(None) == (4, 4)  # at most 4 calls, the cores shared
+    monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", "1")  # the old way: one call on every thread
+    assert registry.cpu_parallel_calls(None) == (1, None)
+    monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", "2")
+    assert registry.cpu_parallel_calls(None) == (2, 8)
+
+
+def test_side_by_side_calls_give_the_labels_of_one_call_at_a_time(tmp_path, monkeypatch, ct_case, cascade_package):
+    from kidedge.io import load_scan
+    from kidedge.runtime.engine import Segmenter
+
+    path, _, truth = ct_case
+    pkg = ModelPackage.load(cascade_package)
+    out = {}
+    for calls in ("1", "2"):
+        monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", calls)
+        with Segmenter(pkg, select_backend(pkg, "onnxruntime")) as seg:
+            assert {b.parallel_calls for b in seg.backends.values()} == {int(calls)}
+            out[calls] = seg.segment(load_scan(path)).labels.to_dense()
+    np.testing.assert_array_equal(out["1"], out["2"])
+    np.testing.assert_array_equal(out["2"], truth)
