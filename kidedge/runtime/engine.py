@@ -119,9 +119,9 @@ class Segmenter:
         batch: micro-batch size in slices (default 4 on a CPU, 16 on a GPU); for a 3D
             package, windows per inference call (default 1 on a CPU, 2 on a GPU).
         slab_size: slices read and preprocessed at a time.
-        threads: CPU threads for the engine (None: the library's default). A 2D package
-            on onnxruntime's CPU provider runs that many one-thread calls side by side
-            (:func:`kidedge.runtime.backends.registry.cpu_parallel_calls`).
+        threads: CPU threads for the engine (None: the library's default); how a 2D
+            package on onnxruntime's CPU provider uses them:
+            :func:`kidedge.runtime.backends.registry.cpu_parallel_calls`.
         localiser_step_mm: a cascade's localiser runs on one slice every this many mm
             (:data:`LOCALISER_STEP_MM`); 0 runs it on every slice.
 
@@ -155,7 +155,8 @@ class Segmenter:
             self._stack.enter_context(SingleThreadedBlas())
             calls, threads = 1, self.threads
             if self.choice.backend == "onnxruntime" and self.choice.device == "cpu" and not self.is_3d:
-                # 2D slices stream through the pipeline's micro-batches: run them side by side
+                # 2D slices stream through the pipeline's micro-batches, which may run side
+                # by side (opt-in: KIDEDGE_PARALLEL_CALLS)
                 calls, threads = cpu_parallel_calls(self.threads)
             for stage in ([self.localiser] if self.localiser else []) + [self.segmenter]:
                 backend = create_backend(self.choice, self.package, stage, max_batch=self.batch,

@@ -8,10 +8,9 @@ One stage of a package runs over a scan as three workers joined by bounded queue
 
 Where the engine runs calls side by side (``Backend.parallel_calls`` > 1: onnxruntime on
 CPU, one thread per call), the main thread hands micro-batches in turn to that many
-inference threads, and the labeller puts their logits back in slice order. On 2 cores two
-one-thread calls side by side are faster than one two-thread call at a time (the
-convolutions of a 128 x 288 crop are too small to split well across threads;
-benchmarks/results/cpu-2core-amd-epyc/threads.md).
+inference threads, and the labeller puts their logits back in slice order (opt-in,
+``KIDEDGE_PARALLEL_CALLS``: on the quiet 2-core machine one two-thread call at a time is
+faster, benchmarks/results/cpu-2core-amd-epyc/threads.md).
 
 The queues hold at most ``queue_depth`` slabs (input) and ``queue_depth`` micro-batches
 (logits), so memory stays bounded by a few slabs whatever the scan's length, and

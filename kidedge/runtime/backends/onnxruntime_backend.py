@@ -69,9 +69,9 @@ class OnnxRuntimeBackend(Backend):
         self.model_path = Path(model_path)
         self.device = device
         self.threads = threads
-        # onnxruntime's run() may be called from several threads at once; on CPU, calls
-        # side by side with ``threads`` threads each (default 1) use small cores better
-        # than one call split across them (see kidedge.runtime.pipeline)
+        # onnxruntime's run() may be called from several threads at once: on CPU the
+        # pipeline may run this many calls side by side, ``threads`` threads each
+        # (default 1; see kidedge.runtime.backends.registry.cpu_parallel_calls)
         self.parallel_calls = max(1, int(parallel_calls)) if device == "cpu" else 1
         self.trt_cache_dir = trt_cache_dir
         self.session = None

@@ -261,21 +261,24 @@ MAX_PARALLEL_CALLS = 4
 def cpu_parallel_calls(threads: int | None) -> tuple[int, int | None]:
     """``(calls, threads per call)`` for a 2D package on onnxruntime's CPU provider.
 
-    ``KIDEDGE_PARALLEL_CALLS`` (a number; 1: one call at a time, on all ``threads``) wins;
-    else ``threads`` (``KIDEDGE_THREADS``) one-thread calls side by side, or
-    without it one call per usable core up to :data:`MAX_PARALLEL_CALLS`, the cores shared
-    among them. Measured on 2 cores only (benchmarks/results/cpu-2core-amd-epyc/
-    threads.md); the split on larger machines is reasoned, not measured.
+    By default one call at a time on all ``threads``: on the quiet 2-core machine that is
+    faster than two one-thread calls side by side (3.98 s against 4.27 s for the 602-slice
+    bench scan, benchmarks/results/cpu-2core-amd-epyc/threads.md). ``KIDEDGE_PARALLEL_CALLS``
+    = N runs N calls side by side, the ``threads`` (or the usable cores) shared among them;
+    ``auto``: ``threads`` one-thread calls, or one call per usable core up to
+    :data:`MAX_PARALLEL_CALLS`. Side by side was faster only while other work loaded the
+    cores (one 2-thread call then waits for whichever thread the scheduler took away); that
+    was seen, not benchmarked.
     """
     v = os.environ.get("KIDEDGE_PARALLEL_CALLS", "")
-    if v.isdigit() and int(v) > 0:
-        calls = int(v)
-        return calls, (threads if calls == 1 else max(1, (threads or _usable_cores()) // calls))
-    if threads:
-        return threads, 1
-    cores = _usable_cores()
-    calls = max(1, min(cores, MAX_PARALLEL_CALLS))
-    return calls, max(1, cores // calls)
+    if v == "auto":
+        if threads:
+            return threads, 1
+        cores = _usable_cores()
+        calls = max(1, min(cores, MAX_PARALLEL_CALLS))
+        return calls, max(1, cores // calls)
+    calls = int(v) if v.isdigit() and int(v) > 0 else 1
+    return calls, (threads if calls == 1 else max(1, (threads or _usable_cores()) // calls))
 
 
 def _usable_cores() -> int:
