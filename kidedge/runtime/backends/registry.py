@@ -261,9 +261,10 @@ MAX_PARALLEL_CALLS = 4
 def cpu_parallel_calls(threads: int | None) -> tuple[int, int | None]:
     """``(calls, threads per call)`` for a 2D package on onnxruntime's CPU provider.
 
-    By default one call at a time on all ``threads``: on the quiet 2-core machine that is
-    faster than two one-thread calls side by side (3.98 s against 4.27 s for the 602-slice
-    bench scan, benchmarks/results/cpu-2core-amd-epyc/threads.md). ``KIDEDGE_PARALLEL_CALLS``
+    By default one call at a time on all ``threads``: on the quiet 2-core machine two
+    one-thread calls side by side were not reliably faster (two runs of 3 on the 602-slice
+    bench scan: medians 4.27 s against 3.98 s, then 3.76 s against 4.35 s;
+    benchmarks/results/cpu-2core-amd-epyc/threads.md). ``KIDEDGE_PARALLEL_CALLS``
     = N runs N calls side by side, the ``threads`` (or the usable cores) shared among them;
     ``auto``: ``threads`` one-thread calls, or one call per usable core up to
     :data:`MAX_PARALLEL_CALLS`. Side by side was faster only while other work loaded the
