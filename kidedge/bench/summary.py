@@ -109,18 +109,21 @@ def evaluate_targets(scans: list[BenchScan], variants: list[Variant], summary: l
     # timed the localiser alone: its speed-up says nothing about the target.
     idle = [s.slices for s in scans if ((rows.get((s.name, fast)) or {}).get("gating") or {}).get("enabled")
             and rows[(s.name, fast)]["gating"].get("skipped_slice_fraction") == 1.0]
+    # issue 13 sets every ratio on the 600-slice scan; the other scans are listed beside it
+    floor_scan = min(scans, key=lambda s: (abs(s.slices - FLOOR_SCAN_SLICES), -s.slices))
     for base, what in (("papers", "the papers' way (same work)"), ("monai", "MONAI SliceInferer (same work)")):
         vals = [(s.slices, rows.get((s.name, fast), {}).get(f"speedup_vs_{base}")) for s in scans]
         vals = [(n, x) for n, x in vals if x is not None]
         measured = ", ".join(f"{x:.1f}x ({n} slices)" for n, x in vals) or "not measured"
-        met = all(x >= SPEEDUP_TARGET for _, x in vals) if vals else None
+        judged = next((x for n, x in vals if n == floor_scan.slices), None)
+        met = None if judged is None else judged >= SPEEDUP_TARGET
         if idle:
             measured += (f"; NOT REPRESENTATIVE: stage 2 ran on no slice of the {', '.join(map(str, idle))}-slice "
                          "scan(s) (the localiser found no kidney), so this timed the localiser alone")
             met = None
-        targets.append({"name": f"{label} >= {SPEEDUP_TARGET:g}x faster end to end than {what}",
+        targets.append({"name": f"{label} >= {SPEEDUP_TARGET:g}x faster end to end than {what}, "
+                                f"judged on the {floor_scan.slices}-slice scan",
                         "measured": measured, "met": met})
-    floor_scan = min(scans, key=lambda s: (abs(s.slices - FLOOR_SCAN_SLICES), -s.slices))
     vals = [(s.slices, rows.get((s.name, fast), {}).get("ratio_to_floor")) for s in scans]
     vals = [(n, x) for n, x in vals if x is not None]
     judged = next((x for n, x in vals if n == floor_scan.slices), None)
