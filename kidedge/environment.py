@@ -37,6 +37,14 @@ def _version(module: str) -> str | None:
         return str(getattr(mod, "__version__", "unknown"))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all logical cores off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def cpu_description() -> dict:
     """CPU model, logical cores and the vector / int8 instruction sets it reports."""
     model, flags = platform.processor() or platform.machine(), set()
@@ -56,7 +64,7 @@ def cpu_description() -> dict:
         "model": model,
         "architecture": platform.machine(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "instruction_sets": [f for f in wanted if f in flags],
     }
 

@@ -29,6 +29,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from kidedge.environment import usable_cores
+
 try:  # optional: kidedge[fast-io]
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - depends on the installed extras
@@ -83,13 +85,6 @@ def gzip_trailer_size(path: str | os.PathLike) -> int | None:
         return struct.unpack("<I", f.read(4))[0]
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def inflate_engine(checkpoints: bool = False, parallel: bool = False) -> str:
     """The inflater a reader gets: ``"rapidgzip"`` (``parallel`` readers, more than one
     core, rapidgzip installed), ``"isal"`` (fast, no checkpoints) or ``"zlib"``.
@@ -97,7 +92,7 @@ def inflate_engine(checkpoints: bool = False, parallel: bool = False) -> str:
     forced = os.environ.get("KIDEDGE_INFLATE", "").lower()
     if checkpoints or _isal_zlib is None or forced == "zlib":
         return "zlib"
-    if parallel and _rapidgzip is not None and forced != "isal" and _usable_cores() > 1:
+    if parallel and _rapidgzip is not None and forced != "isal" and usable_cores() > 1:
         return "rapidgzip"
     return "isal"
 
@@ -270,7 +265,7 @@ class ParallelGzipReader(GzipReader):
         self.path = os.fspath(path)
         self.engine = "rapidgzip"
         self.position = 0
-        threads = min(_usable_cores(), _PARALLEL_MAX_THREADS)
+        threads = min(usable_cores(), _PARALLEL_MAX_THREADS)
         try:
             self._rg = _rapidgzip.open(self.path, parallelization=threads)
         except (ValueError, RuntimeError) as exc:

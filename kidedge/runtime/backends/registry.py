@@ -18,6 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from kidedge.environment import usable_cores
 from kidedge.errors import KidedgeError
 from kidedge.package import PlanKey, Stage
 from kidedge.runtime.backends.base import Backend
@@ -275,16 +276,8 @@ def cpu_parallel_calls(threads: int | None) -> tuple[int, int | None]:
     if v == "auto":
         if threads:
             return threads, 1
-        cores = _usable_cores()
+        cores = usable_cores()
         calls = max(1, min(cores, MAX_PARALLEL_CALLS))
         return calls, max(1, cores // calls)
     calls = int(v) if v.isdigit() and int(v) > 0 else 1
-    return calls, (threads if calls == 1 else max(1, (threads or _usable_cores()) // calls))
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
+    return calls, (threads if calls == 1 else max(1, (threads or usable_cores()) // calls))

@@ -101,14 +101,14 @@ def test_cpu_parallel_calls(monkeypatch):
     from kidedge.runtime.backends import registry
 
     monkeypatch.delenv("KIDEDGE_PARALLEL_CALLS", raising=False)
-    monkeypatch.setattr(registry, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(registry, "usable_cores", lambda: 2)
     # default: one call at a time on all the threads (faster on the quiet 2-core machine)
     assert registry.cpu_parallel_calls(None) == (1, None)
     assert registry.cpu_parallel_calls(2) == (1, 2)
     monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", "auto")
     assert registry.cpu_parallel_calls(None) == (2, 1)  # one one-thread call per core
     assert registry.cpu_parallel_calls(3) == (3, 1)
-    monkeypatch.setattr(registry, "_usable_cores", lambda: 16)
+    monkeypatch.setattr(registry, "usable_cores", lambda: 16)
     assert registry.cpu_parallel_calls(None) == (4, 4)  # at most 4 calls, the cores shared
     monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", "2")
     assert registry.cpu_parallel_calls(None) == (2, 8)
