@@ -30,9 +30,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
+    from kidedge.bench.summary import hierarchical_dice  # rounded to 4 digits
     from kidedge.environment import machine_label
     from kidedge.io import load_label_map, load_scan
-    from kidedge.metrics import hierarchical_dice
     from kidedge.package import ModelPackage
     from kidedge.runtime.backends.registry import select_backend
     from kidedge.runtime.engine import Segmenter, _postprocess
@@ -75,10 +75,8 @@ def main() -> int:
                     base = dense if mm == 0.0 else base
                     row = {"scan": Path(path).parent.name, "slice_mm": round(scan.spacing[0], 3), "offset_mm": mm,
                            "box_rows_cols": [box.row_stop - box.row_start, box.col_stop - box.col_start],
-                           "dice_vs_truth": {k: None if v is None else round(float(v), 4)
-                                             for k, v in hierarchical_dice(dense, truth, empty=None).items()},
-                           "agreement_with_box": {k: None if v is None else round(float(v), 4)
-                                                  for k, v in hierarchical_dice(dense, base, empty=None).items()}}
+                           "dice_vs_truth": hierarchical_dice(dense, truth),
+                           "agreement_with_box": hierarchical_dice(dense, base)}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
+    from kidedge.bench.summary import hierarchical_dice  # rounded to 4 digits
     from kidedge.environment import machine_label
     from kidedge.io import load_label_map, load_scan
-    from kidedge.metrics import hierarchical_dice
     from kidedge.package import ModelPackage
     from kidedge.runtime.backends.registry import select_backend
     from kidedge.runtime.engine import Segmenter
@@ -68,10 +68,8 @@ def main() -> int:
                          "localiser_slices": result.profile["counters"].get("localise_slices"),
                          "stage2_slices": result.gating.get("slices_run_stage2"),
                          "truth_inside_region": round(inside, 5),
-                         "dice_vs_truth": {k: None if v is None else round(float(v), 4)
-                                           for k, v in hierarchical_dice(dense, truth, empty=None).items()},
-                         "agreement_with_every_slice": {k: None if v is None else round(float(v), 4) for k, v in
-                                                        hierarchical_dice(dense, labels[steps[0]], empty=None).items()},
+                         "dice_vs_truth": hierarchical_dice(dense, truth),
+                         "agreement_with_every_slice": hierarchical_dice(dense, labels[steps[0]]),
                          "localise_s": round(sum(v for k, v in stages.items() if k.startswith("localise.")), 3),
                          "seconds": round(secs, 2)})
             print(json.dumps(rows[-1]), file=sys.stderr)
