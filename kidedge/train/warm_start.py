@@ -89,9 +89,7 @@ class WarmStart:
         if not stage.get("fit_zscore") and old.get("preprocess") != spec:
             raise KidedgeError(f"--keep-stage {stage['name']}: the recipe's preprocessing {spec} differs from "
                                f"the one the stage was trained with {old.get('preprocess')}")
-        src = self.dir / old["checkpoint"]
-        if not src.is_file():
-            raise KidedgeError(f"--keep-stage {stage['name']}: {src} is missing")
+        src = self.weights(stage)
         if copy:
             dest = run_dir / stage["name"]
             dest.mkdir(parents=True, exist_ok=True)
