@@ -74,6 +74,7 @@ class TorchBaseline:
         import torch
         import torch.nn.functional  # noqa: F401
 
+        import kidedge.kidney_review  # noqa: F401 - the review's imports (scipy.spatial) too, as the runtime's engine
         from kidedge.package import ModelPackage
         from kidedge.train.models import build_model
 

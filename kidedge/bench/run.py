@@ -74,6 +74,9 @@ def _method_lines(quick: bool, threads: int | None) -> list[str]:
         "marked 'extra' do other work (the segmenter on every whole slice: paper 001's masked slices, and "
         "`kidedge infer --no-gate`) and are never in a headline ratio.",
         f"Threads: {threads or 'library default'} for torch and onnxruntime.",
+        "Memory pages: every variant, the read floor included, runs with numpy's transparent-huge-page "
+        "advice off where the kernel's THP defrag setting stalls on it (kidedge.runtime.hugepages; "
+        "kidedge's engine does this itself), so no ratio credits kidedge with a process setting.",
         "Dice: KiTS hierarchical kidney (1+2+3) / masses (2+3); reference = the papers' way output (torch fp32); "
         "truth = the phantom's label map (the real KiTS19 label geometry it was built on).",
     ] + (["Quick mode: one small scan, one run per variant; not for conclusions."] if quick else [])

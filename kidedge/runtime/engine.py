@@ -30,8 +30,9 @@ import numpy as np
 
 from kidedge.body_landmarks import BodyLandmarks, LandmarkCollector, strided_affine
 from kidedge.errors import KidedgeError
+from kidedge.kidney_review import review_segmentation  # scipy.spatial: 0.2 s of set-up
 from kidedge.package import ModelPackage
-from kidedge.postprocess import class_volumes_ml, review_segmentation
+from kidedge.postprocess import class_volumes_ml
 from kidedge.runtime.backends.base import BackendOutOfMemory, BackendUnavailable
 from kidedge.runtime.backends.registry import (
     BackendChoice,
@@ -42,6 +43,7 @@ from kidedge.runtime.backends.registry import (
 from kidedge.runtime.blas_threads import SingleThreadedBlas
 from kidedge.runtime.cascade3d import DEFAULT_WINDOWS_CPU, DEFAULT_WINDOWS_GPU, segment_3d
 from kidedge.runtime.gating import CascadeGate, RegionOfInterest
+from kidedge.runtime.hugepages import avoid_hugepage_stalls
 from kidedge.runtime.labelmap import SparseLabels, box_affine
 from kidedge.runtime.pipeline import iter_sampled, run_stage
 from kidedge.runtime.profiling import Profiler
@@ -135,6 +137,7 @@ class Segmenter:
                  slab_size: int = 16, threads: int | None = None,
                  localiser_step_mm: float = LOCALISER_STEP_MM) -> None:
         check_package_runnable(package)
+        avoid_hugepage_stalls()  # a scan's box-sized arrays, freed and reused: see that module
         self.localiser_step_mm = float(localiser_step_mm)
         self.package = package
         self.choice = choice or select_backend(package)
