@@ -91,3 +91,21 @@ def test_quick_bench_end_to_end(tiny, tmp_path):
     md = (out / "bench.md").read_text()
     assert "kidedge onnxruntime int8-cpu gated" in md and "## Targets" in md
     assert (out / "latency.png").stat().st_size > 5000 and (out / "memory.png").stat().st_size > 5000
+
+
+def test_long_scans_repeat_the_floor_and_kidedge_not_the_baselines():
+    from pathlib import Path
+
+    from kidedge.bench.scans import BenchScan
+    from kidedge.bench.variants import Variant, repeats_for
+
+    def scan(n):
+        return BenchScan(f"s{n}", Path("i"), Path("t"), n, (n, 512, 512), (1.0, 1.0, 1.0), "synthetic")
+
+    floor = Variant("floor", "read", "floor", "floor")
+    gated = Variant("ort-int8-cpu-gated", "kidedge", "kidedge", "kidedge", "onnxruntime", "int8", True)
+    papers = Variant("papers", "papers", "baseline", "papers", expensive=True, region=True)
+    monai_cheap = Variant("monai", "monai", "baseline", "monai")
+    ungated = Variant("ort-fp32", "kidedge", "kidedge", "kidedge", "onnxruntime", "fp32", False, expensive=True)
+    assert [repeats_for(scan(600), v, 5) for v in (floor, gated, papers, monai_cheap, ungated)] == [5, 5, 1, 2, 1]
+    assert [repeats_for(scan(60), v, 5) for v in (floor, gated, papers, monai_cheap, ungated)] == [5, 5, 5, 5, 5]
