@@ -228,15 +228,17 @@ def save_segmentation(labels: np.ndarray, like: Scan, path: str | Path) -> Path:
     return path
 
 
-class LabelPlanes(Protocol):
-    """Canonical labels that hand out one plane at a time (e.g.
+class BoxedLabels(Protocol):
+    """Canonical labels held as their bounding box (e.g.
     :class:`kidedge.runtime.labelmap.SparseLabels`): ``shape`` is the canonical (slice,
-    row, column) shape, ``plane(axis, index)`` the uint8 block ``[index]`` along ``axis``
-    with that axis kept at length 1."""
+    row, column) shape, ``box()`` the index slices of the labels' bounding box (None when
+    all is background) and ``dense_box(box)`` the labels inside it as a uint8 array."""
 
     shape: tuple[int, int, int]
 
-    def plane(self, axis: int, index: int) -> np.ndarray: ...
+    def box(self) -> tuple[slice, slice, slice] | None: ...
+
+    def dense_box(self, box: tuple[slice, slice, slice]) -> np.ndarray: ...
 
 
 def _label_header(like: Scan):
@@ -247,14 +249,14 @@ def _label_header(like: Scan):
     return img.header
 
 
-def save_segmentation_planes(labels: LabelPlanes, like: Scan, path: str | Path) -> Path:
+def save_segmentation_planes(labels: BoxedLabels, like: Scan, path: str | Path) -> Path:
     """Write canonical ``labels`` as a uint8 NIfTI in the geometry of the scan ``like``,
     one native plane at a time: no whole-scan array exists while writing.
 
     The data goes out in the file's (Fortran) order, one plane of the slowest native axis
-    at a time; the file is the one :func:`save_segmentation` writes for the same labels as
-    a dense array (same header, same bytes after decompression). Atomic, as every writer
-    here.
+    at a time, each built in one reused buffer from the labels' bounding box; the file is
+    the one :func:`save_segmentation` writes for the same labels as a dense array (same
+    header, same bytes after decompression). Atomic, as every writer here.
 
     Raises:
         KidedgeError: the labels do not fit the scan, or the path is the input, not a
@@ -270,19 +272,34 @@ def save_segmentation_planes(labels: LabelPlanes, like: Scan, path: str | Path) 
         raise KidedgeError(f"{path}: labels of shape {tuple(labels.shape)} do not match the scan's canonical "
                            f"shape {like.shape} ({like.source})")
     header = _label_header(like)
-    orient = like.orientation
-    # the native axis written slowest (the last of the 3D native shape: trailing
-    # singleton axes of file_shape add no bytes), and where it lies in canonical order
-    canon_axis = int(orient.to_canonical[2, 0])
-    flipped = orient.to_canonical[2, 1] < 0
-    size = like.native_shape[2]
+    n0, n1, n2 = like.native_shape[:3]  # trailing singleton axes of file_shape add no bytes
+    box = labels.box()
+    if box is not None:
+        # The box in native order, transposed once so that native axis 0 runs fastest, as
+        # in the file: each native plane's box is then one contiguous block. (Copying
+        # whole planes in Fortran order read the array one byte per cache line: 0.11 s of
+        # the 0.17 s write of a 602-slice label map.)
+        in_file_order = np.ascontiguousarray(like.orientation.native(labels.dense_box(box)).T)
+        (a0, b0), (a1, b1), (a2, b2) = _native_ranges(box, like)
+    plane = np.zeros((n1, n0), np.uint8)  # one native plane, native axis 0 fastest
     with atomic_target(path) as tmp:
         gz = tmp.name.lower().endswith(".gz")
         with (open_gzip_writer(tmp) if gz else Opener(str(tmp), "wb")) as f:
             header.write_to(f)
             seek_tell(f, header.get_data_offset(), write0=True)
-            for j in range(size):
-                block = labels.plane(canon_axis, size - 1 - j if flipped else j)
-                native = orient.native(block)  # (n0, n1, 1) in native axis order
-                f.write(native[:, :, 0].tobytes(order="F"))
+            for j in range(n2):
+                if box is not None and a2 <= j < b2:  # the box part of every such plane is rewritten
+                    plane[a1:b1, a0:b0] = in_file_order[j - a2]
+                elif box is not None and j == b2:
+                    plane[a1:b1, a0:b0] = 0
+                f.write(plane.data)
     return path
+
+
+def _native_ranges(box: tuple[slice, slice, slice], like: Scan) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the canonical ``box`` along each native axis of ``like``."""
+    out = []
+    for canon_axis, sign in like.orientation.to_canonical[:3]:
+        s, size = box[int(canon_axis)], like.shape[int(canon_axis)]
+        out.append((s.start, s.stop) if sign > 0 else (size - s.stop, size - s.start))
+    return out

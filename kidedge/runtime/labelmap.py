@@ -1,4 +1,4 @@
-"""The scan's label map held sparsely, handed out plane by plane for writing.
+"""The scan's label map held sparsely, handed out as its dense bounding box.
 
 A dense uint8 label volume of a 512 x 512 x 1000 scan is 250 MiB, and a boolean mask of
 it (for a bounding box or a volume count) another 250 MiB: the runtime's peak memory
@@ -7,8 +7,8 @@ the scan covers. :class:`SparseLabels` therefore keeps, for each slice that has 
 non-zero label, only the crop of that slice around its labels; empty slices cost nothing.
 Post-processing and volumes work on the dense bounding box of the labels
 (:meth:`SparseLabels.dense_box`), and :func:`kidedge.io.writer.save_segmentation_planes`
-writes the NIfTI in the input's exact geometry one native plane at a time (from
-:meth:`SparseLabels.plane`), so no whole-scan array exists at any point
+writes the NIfTI in the input's exact geometry one native plane at a time (from the
+dense box), so no whole-scan array exists at any point
 (``benchmarks/bench_runtime_memory.py`` measures this).
 """
 
@@ -28,14 +28,12 @@ class SparseLabels:
         self.shape = tuple(int(s) for s in shape)
         # slice index -> (row0, col0, crop): the slice is zero outside the crop.
         self._crops: dict[int, tuple[int, int, np.ndarray]] = {}
-        self._dense = None  # (box, dense_box(box)) for plane(), until the next write
 
     # ---------------------------------------------------------------- writing
     def write(self, start: int, labels: np.ndarray, row0: int = 0, col0: int = 0) -> None:
         """Set slices ``start : start + n`` to ``labels`` placed at ``(row0, col0)``; the
         rest of each of those slices becomes background."""
         labels = np.asarray(labels)
-        self._dense = None
         if labels.ndim != 3:
             raise ValueError(f"expected (n, h, w) labels, got shape {labels.shape}")
         n, h, w = labels.shape
@@ -114,26 +112,6 @@ class SparseLabels:
     def to_dense(self) -> np.ndarray:
         """The whole volume, dense (for callers that need it, e.g. scoring; not the runtime)."""
         return self.dense_box((slice(0, self.shape[0]), slice(0, self.shape[1]), slice(0, self.shape[2])))
-
-    def plane(self, axis: int, index: int) -> np.ndarray:
-        """Canonical block ``[index]`` along ``axis``, keeping that axis (length 1)."""
-        n, rows, cols = self.shape
-        if axis == 0:
-            return self.slice(index)[None]
-        out = np.zeros((n, 1, cols) if axis == 1 else (n, rows, 1), np.uint8)
-        # Planes across the slices cut every slice's crop: copy them out of the labels'
-        # dense box, built once for all planes (a loop over the crops per plane took most
-        # of the write of a 602-slice scan).
-        if self._dense is None:
-            box = self.box()
-            self._dense = (box, None if box is None else self.dense_box(box))
-        box, dense = self._dense
-        if box is not None and box[axis].start <= index < box[axis].stop:
-            if axis == 1:
-                out[box[0], 0, box[2]] = dense[:, index - box[1].start, :]
-            else:
-                out[box[0], box[1], 0] = dense[:, :, index - box[2].start]
-        return out
 
 
 def box_affine(canonical_affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
