@@ -93,8 +93,20 @@ def _ml(mask: np.ndarray, voxel_ml: float) -> float:
     return round(float(np.count_nonzero(mask)) * voxel_ml, 2)
 
 
-def score_ircadb(labels: np.ndarray, masks: dict, voxel_ml: float) -> dict:
-    """Scores of canonical ``labels`` against the ircadb-01 masks (see the module docstring)."""
+def region_recall(roi: dict | None, kidney: np.ndarray) -> float | None:
+    """The fraction of the truth ``kidney`` inside the stage-2 region ``roi`` (the
+    profile's ``gating.roi``: slice/row/col start and stop): what stage 1 lets stage 2 see,
+    an upper bound of the kidney recall (None without a region)."""
+    if not roi:
+        return None
+    inside = kidney[roi["slice_start"]:roi["slice_stop"], roi["row_start"]:roi["row_stop"],
+                    roi["col_start"]:roi["col_stop"]].sum()
+    return round(float(inside / max(1, kidney.sum())), 4)
+
+
+def score_ircadb(labels: np.ndarray, masks: dict, voxel_ml: float, roi: dict | None = None) -> dict:
+    """Scores of canonical ``labels`` against the ircadb-01 masks (see the module docstring);
+    with the runtime's stage-2 region ``roi``, how much of each kidney it held."""
     from kidedge.metrics import dice
 
     left, right = masks["leftkidney"], masks["rightkidney"]
@@ -120,6 +132,7 @@ def score_ircadb(labels: np.ndarray, masks: dict, voxel_ml: float) -> dict:
         "truth_left_ml": _ml(left, voxel_ml), "truth_right_ml": _ml(right, voxel_ml),
         "left_recall": round(float((fg & left).sum() / max(1, left.sum())), 4),
         "right_recall": round(float((fg & right).sum() / max(1, right.sum())), 4),
+        "left_in_region": region_recall(roi, left), "right_in_region": region_recall(roi, right),
         "outside_by_structure": where,
     }
 
@@ -216,8 +229,10 @@ def validate_precision(package, precision: str, backend: str, masks, scans: dict
                 variants[name] = {**score(labels), "sides_ml": _sides(volumes), "warnings": warnings,
                                   "equals_runtime_output": bool(np.array_equal(labels, run["labels"]))}
             prof = run["profile"]
+            roi = (prof.get("gating") or {}).get("roi")
+            runtime = score_ircadb(run["labels"], masks, voxel_ml, roi) if key == "ircadb-01" else score(run["labels"])
             result[key] = {
-                "runtime": {**score(run["labels"]), "sides_ml": _sides(run["volumes"]["volumes"]),
+                "runtime": {**runtime, "sides_ml": _sides(run["volumes"]["volumes"]),
                             "warnings": run["volumes"].get("warnings", []),
                             "backend": prof.get("backend"), "gating": prof.get("gating"),
                             "wall_s": (prof.get("profile") or {}).get("wall_s")},

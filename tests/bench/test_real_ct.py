@@ -88,6 +88,11 @@ def test_scores_of_a_known_prediction():
     assert where["none (inside the body)"] == {"all_ml": 0.5, "masses_ml": 0.5}
     assert score_sample(labels, 0.5) == {"kidney_ml": 108.5, "parenchyma_ml": 60.0, "tumour_ml": 48.0,
                                          "cyst_ml": 0.5, "masses_ml": 48.5}
+    assert s["left_in_region"] is None and s["right_in_region"] is None  # no region given
+    # a stage-2 region holding all of the left kidney and the right one's first half
+    roi = {"slice_start": 0, "slice_stop": 10, "row_start": 0, "row_stop": 20, "col_start": 5, "col_stop": 20}
+    s = score_ircadb(labels, masks, voxel_ml=0.5, roi=roi)
+    assert s["left_in_region"] == 1.0 and s["right_in_region"] == 0.5
 
 
 def test_targets_met_and_not_met():
