@@ -233,3 +233,22 @@ def test_label26_agrees_with_scipy_with_and_without_cc3d(monkeypatch):
         assert pairs.shape[1] == n and len(set(pairs[0])) == n and len(set(pairs[1])) == n
         assert not ids[~mask].any()
     assert label26(np.zeros((0, 4, 4), bool))[1] == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_component_boxes_equal_find_objects_split_or_not(monkeypatch, threads):
+    """Boxes found on slabs of the first axis by several threads and merged are
+    find_objects' boxes: components across the cut, absent ids (None), one-slice shapes."""
+    from scipy import ndimage
+
+    import kidedge.postprocess as pp
+
+    monkeypatch.setattr(pp, "_PARALLEL_BOXES_FROM", 0)  # split even small arrays
+    rng = np.random.default_rng(5)
+    ids = (ndimage.label(rng.random((17, 30, 40)) > 0.7)[0]).astype(np.uint32)
+    ids[ids == 7] = 0  # an absent id in the middle
+    ids[0:17, 3, 5] = 500  # one component through every slab
+    count = int(ids.max()) + 2  # and absent ids at the end
+    assert pp.component_boxes(ids, count, threads=threads) == ndimage.find_objects(ids, max_label=count)
+    flat = ids[:1]  # fewer slices than slabs: not split
+    assert pp.component_boxes(flat, count, threads=threads) == ndimage.find_objects(flat, max_label=count)
