@@ -268,7 +268,8 @@ class ParallelGzipReader(GzipReader):
         # twice the cores: rapidgzip's stitching and copying of chunks is serial, and more
         # chunks in flight keep both cores inflating meanwhile (602-slice scan, 2 cores,
         # medians of 5: whole read 0.50 s with 2 threads, 0.45 s with 4; the whole int8
-        # scan 3.35 s against 3.25 s, +40 MB peak RSS)
+        # scan within run-to-run noise: 3.35 vs 3.25 s, later 4.52 vs 4.50 s on a busier
+        # host; +40 MB peak RSS)
         threads = min(2 * usable_cores(), _PARALLEL_MAX_THREADS)
         try:
             self._rg = _rapidgzip.open(self.path, parallelization=threads)
