@@ -124,6 +124,34 @@ def padded_size(spec: PreprocessSpec, size: tuple[int, int]) -> tuple[int, int]:
     return -(-size[0] // m) * m, -(-size[1] // m) * m
 
 
+def grid_filling_span(spec: PreprocessSpec, start: int, stop: int, length: int, pixel_mm: float) -> tuple[int, int]:
+    """``[start, stop)`` of an axis of ``length`` pixels grown (about evenly on both sides,
+    kept inside the axis) to the most pixels that still resample into the same padded
+    network size: the network then sees real pixels where it would see padding.
+
+    For ``in_plane`` ``"spacing"`` and ``"native"``; other specs return the span as is.
+    Used by a cascade segmenter trained with the scan around its box
+    (``roi.context = "scan"``): the runtime, the bench's baselines and training's
+    validation all grow its box this way.
+    """
+    if spec.in_plane not in ("spacing", "native") or stop <= start:
+        return start, stop
+
+    def out(n: int) -> int:  # output_size along this axis (the same rounding)
+        return output_size(spec, (n, 1), (pixel_mm, pixel_mm))[0]
+
+    n = stop - start
+    target = padded_size(spec, (out(n), 1))[0]
+    # a first guess at or just above the answer, then down to the last size that fits
+    guess = target if spec.in_plane == "native" else int(math.floor((target + 0.5) * spec.spacing_mm / pixel_mm)) + 1
+    grown = min(max(guess, n), length)
+    while grown > n and out(grown) > target:
+        grown -= 1
+    lo = max(0, start - (grown - n) // 2)
+    lo = min(lo, length - grown)
+    return lo, lo + grown
+
+
 def window_and_normalise(hu: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Clip to the HU window and normalise, as float32 (in ``out`` when given)."""
     lo, hi = spec.hu_window

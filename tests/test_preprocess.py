@@ -5,6 +5,7 @@ from kidedge.preprocess import (
     PreprocessSpec,
     context_indices,
     fit_zscore,
+    grid_filling_span,
     normalised_value,
     output_size,
     padded_size,
@@ -91,3 +92,30 @@ def test_spec_round_trips_through_dict_and_rejects_bad_values():
 def test_fit_zscore_clips_before_measuring():
     mean, std = fit_zscore(np.array([-1000.0, 0, 100, 200, 5000]), (0, 200))
     assert mean == pytest.approx(100.0) and std == pytest.approx(np.std([0, 0, 100, 200, 200]))
+
+
+@pytest.mark.parametrize("mode", ["spacing", "native"])
+def test_grid_filling_span_fills_the_padded_input_and_no_more(mode):
+    spec = PreprocessSpec(in_plane=mode, spacing_mm=1.25 if mode == "spacing" else None, pad_multiple=32)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        length = int(rng.integers(40, 600))
+        px = float(rng.uniform(0.5, 1.5))
+        a = int(rng.integers(0, length - 1))
+        b = int(rng.integers(a + 1, length + 1))
+        lo, hi = grid_filling_span(spec, a, b, length, px)
+
+        def out(n, px=px):
+            return output_size(spec, (n, 1), (px, px))[0]
+
+        target = padded_size(spec, (out(b - a), 1))[0]
+        assert 0 <= lo <= a and b <= hi <= length  # contains the box, inside the axis
+        assert padded_size(spec, (out(hi - lo), 1))[0] == target  # the same network input
+        if hi - lo < length:  # as large as it can be: one pixel more would need more padding
+            assert out(hi - lo + 1) > target
+        assert abs((a - lo) - (hi - b)) <= 1 or lo == 0 or hi == length  # about even on both sides
+
+
+def test_grid_filling_span_leaves_fixed_size_inputs_alone():
+    spec = PreprocessSpec(in_plane="size", size=(96, 96))
+    assert grid_filling_span(spec, 10, 50, 512, 0.8) == (10, 50)

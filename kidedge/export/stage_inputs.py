@@ -13,6 +13,7 @@ from kidedge.export.held_out import CTVolume
 from kidedge.preprocess import (
     PreprocessSpec,
     context_indices,
+    grid_filling_span,
     output_size,
     padded_size,
     preprocess_slices,
@@ -30,7 +31,9 @@ def stage_spec(stage: dict) -> PreprocessSpec:
 
 def roi_box(volume: CTVolume, stage: dict) -> tuple[slice, slice]:
     """In-plane (rows, cols) box a stage sees: everything, or for a stage with ``roi`` the
-    box around the ROI labels of the whole volume grown by ``margin_mm``."""
+    box around the ROI labels of the whole volume grown by ``margin_mm`` (and, for a
+    segmenter that sees the scan around its box, grown to fill its padded input, as the
+    runtime's gate does)."""
     full = (slice(0, volume.array.shape[1]), slice(0, volume.array.shape[2]))
     roi = stage.get("roi")
     if not roi or volume.labels is None:
@@ -39,7 +42,12 @@ def roi_box(volume: CTVolume, stage: dict) -> tuple[slice, slice]:
     box = bounding_box(mask)
     if box is None:
         return full
-    return grow_box(box, mask.shape, margin_voxels(volume.pixel_spacing, float(roi.get("margin_mm", 0.0))))
+    rows, cols = grow_box(box, mask.shape, margin_voxels(volume.pixel_spacing, float(roi.get("margin_mm", 0.0))))
+    if roi.get("context", "floor") == "scan":
+        spec = stage_spec(stage)
+        rows, cols = (slice(*grid_filling_span(spec, s.start, s.stop, n, px))
+                      for s, n, px in zip((rows, cols), mask.shape, volume.pixel_spacing, strict=True))
+    return rows, cols
 
 
 def slice_inputs(volume: CTVolume, stage: dict, indices) -> np.ndarray:

@@ -15,7 +15,9 @@
                    "buckets": [[h, w], ...] (optional: the fixed padded sizes it runs at)},
          "output": {"name": "logits", "activation": "softmax"|"sigmoid", "labels": [...],
                     "regions": [[...], ...]},
-         "roi": {"source_stage": str, "labels": [...], "margin_mm": float}   (cascade stage 2),
+         "roi": {"source_stage": str, "labels": [...], "margin_mm": float,
+                 "context": "scan" (optional: trained seeing the scan around its box;
+                 absent: the window floor)}   (cascade stage 2),
          "files": {"fp32": FILE, "fp16": FILE, "int8-cpu": FILE, "int8-trt": FILE,
                    "torch": FILE, "tensorrt": {PLAN KEY: FILE + {"timing_cache": FILE}}},
          "reference": FILE + {"max_abs_tolerance": float} (fp32 input and logits, for --verify),

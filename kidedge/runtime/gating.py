@@ -10,6 +10,10 @@ applies to the truth). Before boxing, stray detections are dropped: only the
 largest connected regions of stage 1's low-resolution mask count (two kidneys), so a
 false-positive speck far from the kidneys cannot stretch the box over the whole scan. Stage 2 then runs at full resolution on that box only;
 everything outside is background. The gate counts the slices and pixels stage 2 skipped.
+A segmenter trained with the scan around its box (``roi.context = "scan"``) gets the box
+grown in-plane until its resampled size fills the network's padded input
+(:func:`kidedge.preprocess.grid_filling_span`): real pixels instead of padding, the same
+network input size.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from kidedge.package import Stage
+from kidedge.preprocess import PreprocessSpec, grid_filling_span
 from kidedge.regions import Box, bounding_box, grow_box, margin_voxels
 
 #: Stage-1 regions kept for the box: the largest ones (two kidneys) ...
@@ -79,17 +84,21 @@ class CascadeGate:
             kidney really ends, as stage 1 on every slice would; in plane, the box of
             the seen slices stands for the slices between them (the margin covers the
             few mm a kidney's outline moves over one step).
+        fill_grid: the segmenter's preprocessing, when it was trained seeing the scan
+            around its box (``roi.context = "scan"``): the in-plane box then grows to
+            fill its padded input.
     """
 
     def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float],
                  roi_labels: list[int], margin_mm: float, crop_in_plane: bool = True,
-                 slice_step: int = 1) -> None:
+                 slice_step: int = 1, fill_grid: PreprocessSpec | None = None) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
         self.roi_labels = np.asarray(sorted(set(int(v) for v in roi_labels)), np.uint8)
         self.margin_mm = float(margin_mm)
         self.crop_in_plane = crop_in_plane
         self.slice_step = max(1, int(slice_step))
+        self.fill_grid = fill_grid
         # Per slice: [row_min, row_max_exclusive, col_min, col_max_exclusive], -1 if none.
         self.boxes = np.full((self.shape[0], 4), -1, np.int64)
         self.seen = np.zeros(self.shape[0], bool)
@@ -104,8 +113,9 @@ class CascadeGate:
         """The gate of a cascade's segment ``stage`` on a scan: the stage's ROI rule; only
         slices are gated when the stage takes whole slices of one fixed native size."""
         fixed_native = stage.preprocess.in_plane == "native" and stage.input.height is not None
+        sees_scan = stage.roi.extra.get("context", "floor") == "scan"
         return cls(shape, spacing, stage.roi.labels, stage.roi.margin_mm, crop_in_plane=not fixed_native,
-                   slice_step=slice_step)
+                   slice_step=slice_step, fill_grid=stage.preprocess if sees_scan else None)
 
     def add(self, start: int, labels_lowres: np.ndarray, step: int | None = None) -> None:
         """Record stage 1's labels for slices ``start, start + step, ...`` (n of them).
@@ -207,6 +217,9 @@ class CascadeGate:
         z, r, c = grow_box(found_box, self.shape, margin_voxels(self.spacing, self.margin_mm))
         if not self.crop_in_plane:
             r, c = slice(0, self.shape[1]), slice(0, self.shape[2])
+        elif self.fill_grid is not None:  # the scan where the network's input would be padding
+            r, c = (slice(*grid_filling_span(self.fill_grid, s.start, s.stop, self.shape[axis], self.spacing[axis]))
+                    for axis, s in ((1, r), (2, c)))
         return RegionOfInterest.from_slices((z, r, c))
 
     def _dropped(self) -> int:

@@ -8,7 +8,10 @@ them onto the stage's output channels.
 
 For the segment stage of a cascade, everything outside the (jittered) ROI box is set to
 the bottom of the HU window, which is exactly what the runtime's padding of an ROI crop
-looks like, so the network never relies on context it will not see at inference.
+looks like, so the network never relies on context it will not see at inference
+(``roi.context = "floor"``). With ``roi.context = "scan"`` the crops keep the scan around
+the box (the box still centres the draws), as the runtime then shows it: no box edge for
+the network to take as a cue.
 """
 
 from __future__ import annotations
@@ -131,6 +134,10 @@ class _StageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.draws)
 
+    def _mask(self, box: Box | None) -> Box | None:
+        """The box outside which the crop is blanked (None: the scan is kept)."""
+        return box if self.roi is not None and self.roi.get("context", "floor") == "floor" else None
+
     def _box(self, d: Draw, rng) -> Box | None:
         if self.roi is None or self.roi_boxes[d.case] is None or d.category == "outside":
             return None
@@ -161,8 +168,8 @@ class SliceDataset(_StageDataset):
             cc += int(rng.integers(-rw // 4, rw // 4 + 1))
             r0, c0 = cr - rh // 2, cc - rw // 2
             r1, c1 = r0 + rh, c0 + rw
-        hu = read_window(c.hu, zs, r0, r1, c0, c1, box, self.fill_hu)
-        lab = read_window(c.labels, np.array([d.z]), r0, r1, c0, c1, box, np.uint8(0))[0]
+        hu = read_window(c.hu, zs, r0, r1, c0, c1, self._mask(box), self.fill_hu)
+        lab = read_window(c.labels, np.array([d.z]), r0, r1, c0, c1, self._mask(box), np.uint8(0))[0]
         x = preprocess_slices(hu, spec, pix)[0]
         size = output_size(spec, hu.shape[1:], pix)
         y = resize_labels_nearest(lab, size)
@@ -193,8 +200,8 @@ class PatchDataset(_StageDataset):
         cr += int(rng.integers(-rh // 4, rh // 4 + 1))
         cc += int(rng.integers(-rw // 4, rw // 4 + 1))
         r0, c0 = cr - rh // 2, cc - rw // 2
-        hu = read_window(c.hu, zs, r0, r0 + rh, c0, c0 + rw, box, self.fill_hu)
-        lab = read_window(c.labels, zs, r0, r0 + rh, c0, c0 + rw, box, np.uint8(0))
+        hu = read_window(c.hu, zs, r0, r0 + rh, c0, c0 + rw, self._mask(box), self.fill_hu)
+        lab = read_window(c.labels, zs, r0, r0 + rh, c0, c0 + rw, self._mask(box), np.uint8(0))
         x = preprocess_slices(hu, spec, pix)[:, 0]  # (D, h, w)
         size = output_size(spec, hu.shape[1:], pix)
         y = resize_labels_nearest(lab, size)

@@ -244,6 +244,8 @@ class StageTrainer:
         if roi is not None:
             entry["roi"] = {"source_stage": roi["source_stage"], "labels": list(roi["labels"]),
                             "margin_mm": float(roi["margin_mm"])}
+            if roi.get("context", "floor") != "floor":  # packages without it mean "floor"
+                entry["roi"]["context"] = roi["context"]
         return entry, model
 
     def _train_epoch(self, model, loader, opt, step_sched, loss_fn, augmenter, epoch) -> float:
@@ -305,7 +307,8 @@ class StageTrainer:
                 continue  # no kidney: nothing for a segment stage to do
             if self.dim == "2d":
                 pred, ls, ln = predict_case_2d(model, c, spec, stage["output"], self.device, bs, box, loss_fn,
-                                               self.precision.autocast(), self.channels_last)
+                                               self.precision.autocast(), self.channels_last,
+                                               fill_grid=roi is not None and roi.get("context") == "scan")
             else:
                 pred, ls, ln = predict_case_3d(model, c, spec, stage["output"], self.device, patch, box, loss_fn,
                                                self.precision.autocast())

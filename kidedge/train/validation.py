@@ -18,6 +18,7 @@ from kidedge.metrics import dice, kits_scores
 from kidedge.preprocess import (
     PreprocessSpec,
     context_indices,
+    grid_filling_span,
     normalised_value,
     output_size,
     padded_size,
@@ -56,8 +57,10 @@ def _forward(model, x, device, autocast, channels_last):
 @torch.no_grad()
 def predict_case_2d(model, case: CachedCase, spec: PreprocessSpec, output: dict, device,
                     batch: int = 8, box: Box | None = None, loss_fn=None, autocast=None,
-                    channels_last: bool = False) -> tuple[np.ndarray, float, int]:
-    """Predict a whole case (or the ``box`` of it) slice by slice.
+                    channels_last: bool = False, fill_grid: bool = False) -> tuple[np.ndarray, float, int]:
+    """Predict a whole case (or the ``box`` of it) slice by slice; ``fill_grid`` grows the
+    box in-plane to fill the network's padded input with the scan, as the runtime does
+    for a segmenter trained with ``roi.context = "scan"``.
 
     Returns (uint8 labels of the full case shape, summed loss, number of loss terms).
     """
@@ -66,6 +69,8 @@ def predict_case_2d(model, case: CachedCase, spec: PreprocessSpec, output: dict,
     z0, z1, r0, r1, c0, c1 = box if box is not None else (0, n, 0, h, 0, w)
     pred = np.zeros((n, h, w), np.uint8)
     pix = case.spacing[1:]
+    if box is not None and fill_grid:
+        (r0, r1), (c0, c1) = (grid_filling_span(spec, r0, r1, h, pix[0]), grid_filling_span(spec, c0, c1, w, pix[1]))
     size = output_size(spec, (r1 - r0, c1 - c0), pix)
     loss_sum, loss_n = 0.0, 0
     for a in range(z0, z1, batch):
@@ -169,7 +174,8 @@ def predict_cascade(entries, models, recipe, case, device) -> np.ndarray:
                 preds[st["name"]] = final
                 continue
         if dim == "2d":
-            pred, _, _ = predict_case_2d(model, case, spec, e["output"], device, 8, box)
+            pred, _, _ = predict_case_2d(model, case, spec, e["output"], device, 8, box,
+                                         fill_grid=(st["roi"] or {}).get("context") == "scan")
         else:
             pred, _, _ = predict_case_3d(model, case, spec, e["output"], device, st["sampling"]["patch"], box)
         preds[st["name"]] = pred

@@ -126,3 +126,25 @@ def test_the_unseen_slices_at_the_ends_give_the_every_slice_region():
     empty = CascadeGate((10, 16, 16), (1.0, 1.0, 1.0), [1], margin_mm=0.0, slice_step=4)
     empty.add(0, np.zeros((3, 16, 16), np.uint8))
     assert empty.unseen_edges() == []
+
+
+def test_a_segmenter_that_sees_the_scan_gets_its_box_grown_to_fill_its_input():
+    """roi.context = "scan": the in-plane box grows (within the scan) until it resamples to
+    the padded network size; slices are not touched; without it, the plain box."""
+    from kidedge.preprocess import PreprocessSpec, output_size, padded_size
+
+    spec = PreprocessSpec(in_plane="spacing", spacing_mm=1.25, pad_multiple=32)
+    low = np.zeros((20, 32, 32), np.uint8)
+    low[8:12, 10:14, 4:9] = 1
+    plain = CascadeGate((20, 128, 128), (2.5, 0.8, 0.8), [1], margin_mm=5.0)
+    grown = CascadeGate((20, 128, 128), (2.5, 0.8, 0.8), [1], margin_mm=5.0, fill_grid=spec)
+    for g in (plain, grown):
+        g.add(0, low)
+    a, b = plain.region(), grown.region()
+    assert (b.slice_start, b.slice_stop) == (a.slice_start, a.slice_stop)
+    assert b.row_start <= a.row_start and b.row_stop >= a.row_stop
+    assert b.col_start <= a.col_start and b.col_stop >= a.col_stop
+    size_a = output_size(spec, (a.row_stop - a.row_start, a.col_stop - a.col_start), (0.8, 0.8))
+    size_b = output_size(spec, (b.row_stop - b.row_start, b.col_stop - b.col_start), (0.8, 0.8))
+    assert padded_size(spec, size_b) == padded_size(spec, size_a) == size_b  # no padding left
+    assert size_a != size_b

@@ -107,3 +107,33 @@ def test_val_max_cases_limits_an_epochs_validation(monkeypatch, tmp_path):
     st.StageTrainer(tmp_path, recipe, 0, cases, cases, torch.device("cpu"), None, None).validate(
         torch.nn.Identity(), None, None)
     assert len(seen) == 5
+
+
+@pytest.mark.parametrize("context", ["floor", "scan"])
+def test_a_kidney_crop_blanks_outside_its_box_only_with_the_floor_context(context):
+    """roi.context = "floor": the crop is the window's bottom outside the (jittered) box;
+    "scan": the scan stays around the box (the runtime then shows it too)."""
+    case = _case()
+    spec = PreprocessSpec.from_dict({"hu_window": [-200.0, 400.0], "normalisation": "range",
+                                     "in_plane": "spacing", "spacing_mm": 3.0, "context": 0,
+                                     "pad_multiple": 16})
+    roi = {**ROI, "margin_mm": 0.0, "context": context}
+    box = label_box(case.labels, [1, 2, 3], case.spacing, 0.0)  # the kidney itself: 10 x 10 pixels
+    core = bounding_box(case.labels > 0)
+    draws = [d for d in draw_epoch([case], 50, np.random.default_rng(4), 1.0, 0.0, roi) if d.category == "kidney"]
+    ds = SliceDataset([case], draws, spec, (32, 32), roi, [box], [core])
+    x, _ = ds[0]
+    bottom = float(x.min())
+    lit = float((x > bottom + 0.1).float().mean())  # soft tissue of the body disc
+    # 32 x 32 output pixels of 3 mm around a 10 x 10 kidney: most of the crop lies outside it
+    assert (lit > 0.5) if context == "scan" else (lit < 0.15)
+
+
+def test_recipe_checks_the_roi_context():
+    r = load_recipe("kidedge_default", ["segment.roi.context=scan"])
+    assert r["stages"][1]["roi"]["context"] == "scan"
+    assert load_recipe("kidedge_default")["stages"][1]["roi"]["context"] in ("floor", "scan")
+    with pytest.raises(KidedgeError, match="roi.context must be one of"):
+        load_recipe("kidedge_default", ["segment.roi.context=zeros"])
+    with pytest.raises(KidedgeError, match="for 2D cascades"):
+        load_recipe("cascade3d_kits21", ["masses.roi.context=scan"])

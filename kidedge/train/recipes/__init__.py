@@ -15,7 +15,8 @@ Layout of a recipe (see the files for full examples)::
       [stages.preprocess]  PreprocessSpec fields, plus fit_zscore (fit mean/std on train)
       [stages.output]      activation, labels (label of each channel), regions (the GT
                            labels each channel is trained on)
-      [stages.roi]         segment stage of a cascade: source_stage, labels, margin_mm, jitter_mm
+      [stages.roi]         segment stage of a cascade: source_stage, labels, margin_mm, jitter_mm,
+                           context ("floor" or "scan": what it sees outside its box)
       [stages.train]       optimizer, lr, schedule, batch_size, epochs, loss, ...
       [stages.sampling]    patch, stride, kidney_fraction, tumour_fraction, outside_fraction,
                            samples_per_epoch
@@ -67,7 +68,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "blur_sigma": (list,), "probability": _NUM,
     },
     "output": {"activation": (str,), "labels": (list,), "regions": (list,)},
-    "roi": {"source_stage": (str,), "labels": (list,), "margin_mm": _NUM, "jitter_mm": _NUM},
+    "roi": {"source_stage": (str,), "labels": (list,), "margin_mm": _NUM, "jitter_mm": _NUM, "context": (str,)},
     "split": {"seed": (int,), "train": _NUM, "val": _NUM, "test": _NUM, "file": (str,)},
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -75,6 +76,10 @@ SCHEDULES = ("none", "plateau", "cosine", "onecycle")
 LOSSES = ("ce", "ce_dice", "dice", "bce", "dice_bce", "dice_wce")
 SELECT_BEST = ("val_loss", "val_dice")
 ROLES = ("localise", "segment")
+#: What a cascade segmenter sees around its box: "floor", the HU window's bottom (the
+#: box edge is then visible to it), or "scan", the scan itself (its box grown to fill the
+#: network's padded input with real pixels: kidedge.preprocess.grid_filling_span).
+ROI_CONTEXTS = ("floor", "scan")
 ACTIVATIONS = ("softmax", "sigmoid")
 FREE_TEXT = ("source", "notes")
 
@@ -205,7 +210,10 @@ def _validate_stage(s: dict, i: int, names: list[str], dim: str) -> dict:
         _validate_section(roi, "roi", where)
         _check(s["role"] == "segment", where, "only a segment stage has an roi")
         _check(roi.get("source_stage") in names[:i], where, "roi.source_stage must name an earlier stage")
-        roi = {"labels": [1, 2, 3], "margin_mm": 20.0, "jitter_mm": 0.0, **roi}
+        roi = {"labels": [1, 2, 3], "margin_mm": 20.0, "jitter_mm": 0.0, "context": "floor", **roi}
+        _check(roi["context"] in ROI_CONTEXTS, where, f"roi.context must be one of {ROI_CONTEXTS}")
+        _check(roi["context"] == "floor" or dim == "2d", where,
+               "roi.context = 'scan' is for 2D cascades (the 3D runtime slides windows over its boxes)")
     train = {**TRAIN_DEFAULTS, **s.get("train", {})}
     _validate_section(s.get("train", {}), "train", where)
     _check(train["optimizer"] in OPTIMIZERS, where, f"train.optimizer must be one of {OPTIMIZERS}")
