@@ -69,6 +69,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
+from kidedge.components import component_boxes, label26
 from kidedge.environment import usable_cores
 from kidedge.postprocess import (
     _MIN_KIDNEY_SEPARATION_MM,
@@ -77,8 +78,6 @@ from kidedge.postprocess import (
     _leftness_mm,
     _voxel_ml,
     class_volumes_ml,
-    component_boxes,
-    label26,
 )
 
 #: Rule 1a: the mass-kidney interface as a fraction of the mass's surface (real masses:
@@ -204,10 +203,9 @@ def _divide(comps: list[dict], affine, landmarks, box_start, scan_shape) -> tupl
     big = sorted(comps, key=lambda c: -c["voxels"])[:2]
     if len(big) == 2 and abs(big[0]["leftness"] - big[1]["leftness"]) >= _MIN_KIDNEY_SEPARATION_MM:
         return 0.5 * (big[0]["leftness"] + big[1]["leftness"]), "between the two largest components"
-    shape = scan_shape if scan_shape is not None else None
     start = np.asarray(box_start if box_start is not None else (0, 0, 0), float)
-    centre = (np.asarray(shape, float) - 1) / 2.0 - start if shape is not None else np.array([0.0, 0.0, 0.0])
-    return float(_leftness_mm(centre[None], affine, None)[0]), "field of view centre" if shape is not None else "array centre"
+    centre = (np.asarray(scan_shape, float) - 1) / 2.0 - start if scan_shape is not None else np.zeros(3)
+    return float(_leftness_mm(centre[None], affine, None)[0]), "field of view centre" if scan_shape is not None else "array centre"
 
 
 def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel_ml: float):
@@ -225,14 +223,11 @@ def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel
     boxes = component_boxes(comp, n)
     # the two kidneys hold nearly all voxels: their argwhere and sums (numpy releases the
     # GIL) run on two threads, largest boxes first; the list keeps the ids' order
-    order = sorted(range(n), key=lambda i: -_box_size(boxes[i]))
+    order = sorted(range(n), key=lambda i: -np.prod([s.stop - s.start for s in boxes[i]]))
     with ThreadPoolExecutor(max_workers=min(2, usable_cores()), thread_name_prefix="kidedge-review") as pool:
         described = dict(zip(order, pool.map(lambda i: describe(i, boxes[i]), order), strict=True))
     return comp, [described[i] for i in range(n)]
 
-
-def _box_size(box: tuple[slice, ...]) -> int:
-    return int(np.prod([s.stop - s.start for s in box]))
 
 
 def _gap_mm(piece: dict, main: dict, comp: np.ndarray, offset: np.ndarray, spacing) -> float:

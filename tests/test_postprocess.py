@@ -241,7 +241,7 @@ def test_component_boxes_equal_find_objects_split_or_not(monkeypatch, threads):
     find_objects' boxes: components across the cut, absent ids (None), one-slice shapes."""
     from scipy import ndimage
 
-    import kidedge.postprocess as pp
+    import kidedge.components as pp
 
     monkeypatch.setattr(pp, "_PARALLEL_BOXES_FROM", 0)  # split even small arrays
     rng = np.random.default_rng(5)
