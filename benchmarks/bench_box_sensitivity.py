@@ -1,13 +1,15 @@
 """How much the cascade segmenter's labels move with its in-plane box.
 
-The built-in segmenter was trained with everything outside its (jittered) region-of-interest
-box set to the window floor, as the runtime pads a crop; so the box's edges are part of what
-it sees. This measures that: on each scan the localiser runs on every slice and gives the
-region as the runtime computes it; then the segmenter runs on that region with its in-plane
-box grown or shrunk by a few mm on every side (the slices unchanged), and its post-processed
-labels are compared with the unchanged box's (agreement) and with the phantom's truth. A
-segmenter that did not care about its box would agree 1.0 at every offset; the 4 mm
-localiser step moves the box by about one such offset (README, "Cascade gating").
+A segmenter trained with everything outside its (jittered) region-of-interest box set to the
+window floor (``roi.context = "floor"``, as the runtime pads a crop) sees the box's edges; one
+trained seeing the scan around its box (``"scan"``) gets its box grown to fill its padded
+input and should not care. This measures it: on each scan the localiser runs on every slice
+and gives the region as the runtime computes it; then that box is grown or shrunk by a few mm
+on every in-plane side (the slices unchanged; for a ``"scan"`` segmenter the moved box is then
+grown to fill its input, as the runtime's gate would), the segmenter runs on it, and its
+post-processed labels are compared with the unchanged box's (agreement) and with the
+phantom's truth. A segmenter that did not care about its box would agree 1.0 at every offset;
+the 4 mm localiser step moves the box by about one such offset (README, "Cascade gating").
 
     nice -n 5 python benchmarks/bench_box_sensitivity.py SCAN.nii.gz [SCAN ...] [--mm -8,-4,4,8]
 
@@ -34,6 +36,7 @@ def main() -> int:
     from kidedge.environment import machine_label
     from kidedge.io import load_label_map, load_scan
     from kidedge.package import ModelPackage
+    from kidedge.preprocess import grid_filling_span
     from kidedge.runtime.backends.registry import select_backend
     from kidedge.runtime.engine import Segmenter, _postprocess
     from kidedge.runtime.gating import CascadeGate, RegionOfInterest
@@ -54,6 +57,7 @@ def main() -> int:
             n, h, w = scan.shape
             with Profiler(gpu=False, power=False) as prof:
                 gate = CascadeGate.for_stage(segm, scan.shape, scan.spacing)
+                fill, gate.fill_grid = gate.fill_grid, None  # move the localiser's box, then fill
                 run_stage(scan, seg.backends[loc.name], loc, lambda a, b, lab, g=gate: g.add(a, lab), prof,
                           label_grid="model", name="localise", **common)
                 roi = gate.region()
@@ -63,9 +67,12 @@ def main() -> int:
                 base = None
                 for mm in offsets:
                     dr, dc = (int(round(mm / scan.spacing[1])), int(round(mm / scan.spacing[2])))
-                    box = RegionOfInterest(roi.slice_start, roi.slice_stop, max(0, roi.row_start - dr),
-                                           min(h, roi.row_stop + dr), max(0, roi.col_start - dc),
-                                           min(w, roi.col_stop + dc))
+                    span_r = (max(0, roi.row_start - dr), min(h, roi.row_stop + dr))
+                    span_c = (max(0, roi.col_start - dc), min(w, roi.col_stop + dc))
+                    if fill is not None:
+                        span_r = grid_filling_span(fill, *span_r, h, scan.spacing[1])
+                        span_c = grid_filling_span(fill, *span_c, w, scan.spacing[2])
+                    box = RegionOfInterest(roi.slice_start, roi.slice_stop, *span_r, *span_c)
                     labels = SparseLabels(scan.shape)
                     run_stage(scan, seg.backends[segm.name], segm,
                               lambda a, b, lab, r=box, to=labels: to.write(a, lab, r.row_start, r.col_start), prof,
@@ -83,11 +90,13 @@ def main() -> int:
     (out / "box_sensitivity.json").write_text(json.dumps({"rows": rows, "precision": args.precision,
                                                          "offsets_mm": offsets}, indent=1) + "\n")
     lines = ["# The cascade segmenter's labels against its in-plane box", "",
-             f"Built-in package, onnxruntime {args.precision}; localiser on every slice, the runtime's region; "
-             "then the segmenter on that region with its in-plane box grown (+) or shrunk (-) by the offset on "
-             "every side, post-processed as `kidedge infer` does. Phantoms on KiTS19 label geometry (the bench's "
+             f"Built-in package ({package.manifest.name}, segmenter context: "
+             f"{segm.roi.extra.get('context', 'floor')}), onnxruntime {args.precision}; localiser on every slice, "
+             "the runtime's region; then the segmenter on that region with its in-plane box grown (+) or shrunk "
+             "(-) by the offset on every side (then filled to its input size when it sees the scan), "
+             "post-processed as `kidedge infer` does. Phantoms on KiTS19 label geometry (the bench's "
              "scans). Agreement: KiTS kidney / masses Dice against the unchanged box's labels.", "",
-             "| scan | slice mm | offset mm | box rows x cols | kidney Dice vs truth | masses Dice vs truth "
+             "| scan | slice mm | offset mm | box rows x cols (as run) | kidney Dice vs truth | masses Dice vs truth "
              "| kidney / masses agreement with offset 0 |",
              "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
     for r in rows:
