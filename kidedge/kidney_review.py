@@ -229,7 +229,6 @@ def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel
     return comp, [described[i] for i in range(n)]
 
 
-
 def _gap_mm(piece: dict, main: dict, comp: np.ndarray, offset: np.ndarray, spacing) -> float:
     """Shortest distance (mm, voxel centre to voxel centre) from ``piece`` to ``main``,
     looked for only within ``PIECE_GAP_MM`` around the piece (inf when farther)."""
