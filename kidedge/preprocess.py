@@ -124,10 +124,17 @@ def padded_size(spec: PreprocessSpec, size: tuple[int, int]) -> tuple[int, int]:
     return -(-size[0] // m) * m, -(-size[1] // m) * m
 
 
+#: A grown span starts on a multiple of this many pixels where its slack allows: boxes a
+#: few pixels apart (the stepped localiser's and the every-slice one's) then give the same
+#: crop, not two crops shifted by half their difference.
+SPAN_ALIGN_PX = 16
+
+
 def grid_filling_span(spec: PreprocessSpec, start: int, stop: int, length: int, pixel_mm: float) -> tuple[int, int]:
     """``[start, stop)`` of an axis of ``length`` pixels grown (about evenly on both sides,
-    kept inside the axis) to the most pixels that still resample into the same padded
-    network size: the network then sees real pixels where it would see padding.
+    kept inside the axis, starting on a multiple of ``SPAN_ALIGN_PX`` where that still holds
+    the span) to the most pixels that still resample into the same padded network size: the
+    network then sees real pixels where it would see padding.
 
     For ``in_plane`` ``"spacing"`` and ``"native"``; other specs return the span as is.
     Used by a cascade segmenter trained with the scan around its box
@@ -147,8 +154,11 @@ def grid_filling_span(spec: PreprocessSpec, start: int, stop: int, length: int, 
     grown = min(max(guess, n), length)
     while grown > n and out(grown) > target:
         grown -= 1
-    lo = max(0, start - (grown - n) // 2)
-    lo = min(lo, length - grown)
+    lo_min, lo_max = max(0, stop - grown), min(start, length - grown)  # holds the span, inside the axis
+    lo = min(max(start - (grown - n) // 2, lo_min), lo_max)
+    aligned = lo // SPAN_ALIGN_PX * SPAN_ALIGN_PX
+    aligned = aligned if aligned >= lo_min else aligned + SPAN_ALIGN_PX
+    lo = aligned if lo_min <= aligned <= lo_max else lo
     return lo, lo + grown
 
 
