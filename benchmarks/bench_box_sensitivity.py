@@ -36,7 +36,7 @@ def main() -> int:
     from kidedge.environment import machine_label
     from kidedge.io import load_label_map, load_scan
     from kidedge.package import ModelPackage
-    from kidedge.preprocess import grid_filling_span
+    from kidedge.preprocess import grid_filling_box
     from kidedge.runtime.backends.registry import select_backend
     from kidedge.runtime.engine import Segmenter, _postprocess
     from kidedge.runtime.gating import CascadeGate, RegionOfInterest
@@ -67,12 +67,11 @@ def main() -> int:
                 base = None
                 for mm in offsets:
                     dr, dc = (int(round(mm / scan.spacing[1])), int(round(mm / scan.spacing[2])))
-                    span_r = (max(0, roi.row_start - dr), min(h, roi.row_stop + dr))
-                    span_c = (max(0, roi.col_start - dc), min(w, roi.col_stop + dc))
+                    rr = slice(max(0, roi.row_start - dr), min(h, roi.row_stop + dr))
+                    cc = slice(max(0, roi.col_start - dc), min(w, roi.col_stop + dc))
                     if fill is not None:
-                        span_r = grid_filling_span(fill, *span_r, h, scan.spacing[1])
-                        span_c = grid_filling_span(fill, *span_c, w, scan.spacing[2])
-                    box = RegionOfInterest(roi.slice_start, roi.slice_stop, *span_r, *span_c)
+                        rr, cc = grid_filling_box(fill, rr, cc, (h, w), scan.spacing[1:])
+                    box = RegionOfInterest(roi.slice_start, roi.slice_stop, rr.start, rr.stop, cc.start, cc.stop)
                     labels = SparseLabels(scan.shape)
                     run_stage(scan, seg.backends[segm.name], segm,
                               lambda a, b, lab, r=box, to=labels: to.write(a, lab, r.row_start, r.col_start), prof,

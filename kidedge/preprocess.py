@@ -162,6 +162,14 @@ def grid_filling_span(spec: PreprocessSpec, start: int, stop: int, length: int, 
     return lo, lo + grown
 
 
+def grid_filling_box(spec: PreprocessSpec, rows: slice, cols: slice, size: Sequence[int],
+                     pixel_spacing: Sequence[float]) -> tuple[slice, slice]:
+    """The in-plane box ``rows`` x ``cols`` of slices of ``size`` (rows, cols) pixels of
+    ``pixel_spacing`` mm, each side grown by :func:`grid_filling_span`."""
+    return (slice(*grid_filling_span(spec, rows.start, rows.stop, size[0], pixel_spacing[0])),
+            slice(*grid_filling_span(spec, cols.start, cols.stop, size[1], pixel_spacing[1])))
+
+
 def window_and_normalise(hu: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Clip to the HU window and normalise, as float32 (in ``out`` when given)."""
     lo, hi = spec.hu_window

@@ -13,7 +13,7 @@ from kidedge.export.held_out import CTVolume
 from kidedge.preprocess import (
     PreprocessSpec,
     context_indices,
-    grid_filling_span,
+    grid_filling_box,
     output_size,
     padded_size,
     preprocess_slices,
@@ -44,9 +44,7 @@ def roi_box(volume: CTVolume, stage: dict) -> tuple[slice, slice]:
         return full
     rows, cols = grow_box(box, mask.shape, margin_voxels(volume.pixel_spacing, float(roi.get("margin_mm", 0.0))))
     if roi.get("context", "floor") == "scan":
-        spec = stage_spec(stage)
-        rows, cols = (slice(*grid_filling_span(spec, s.start, s.stop, n, px))
-                      for s, n, px in zip((rows, cols), mask.shape, volume.pixel_spacing, strict=True))
+        rows, cols = grid_filling_box(stage_spec(stage), rows, cols, mask.shape, volume.pixel_spacing)
     return rows, cols
 
 

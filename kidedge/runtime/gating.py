@@ -12,7 +12,7 @@ false-positive speck far from the kidneys cannot stretch the box over the whole 
 everything outside is background. The gate counts the slices and pixels stage 2 skipped.
 A segmenter trained with the scan around its box (``roi.context = "scan"``) gets the box
 grown in-plane until its resampled size fills the network's padded input
-(:func:`kidedge.preprocess.grid_filling_span`): real pixels instead of padding, the same
+(:func:`kidedge.preprocess.grid_filling_box`): real pixels instead of padding, the same
 network input size.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from kidedge.package import Stage
-from kidedge.preprocess import PreprocessSpec, grid_filling_span
+from kidedge.preprocess import PreprocessSpec, grid_filling_box
 from kidedge.regions import Box, bounding_box, grow_box, margin_voxels
 
 #: Stage-1 regions kept for the box: the largest ones (two kidneys) ...
@@ -218,8 +218,7 @@ class CascadeGate:
         if not self.crop_in_plane:
             r, c = slice(0, self.shape[1]), slice(0, self.shape[2])
         elif self.fill_grid is not None:  # the scan where the network's input would be padding
-            r, c = (slice(*grid_filling_span(self.fill_grid, s.start, s.stop, self.shape[axis], self.spacing[axis]))
-                    for axis, s in ((1, r), (2, c)))
+            r, c = grid_filling_box(self.fill_grid, r, c, self.shape[1:], self.spacing[1:])
         return RegionOfInterest.from_slices((z, r, c))
 
     def _dropped(self) -> int:

@@ -18,7 +18,7 @@ from kidedge.metrics import dice, kits_scores
 from kidedge.preprocess import (
     PreprocessSpec,
     context_indices,
-    grid_filling_span,
+    grid_filling_box,
     normalised_value,
     output_size,
     padded_size,
@@ -70,7 +70,8 @@ def predict_case_2d(model, case: CachedCase, spec: PreprocessSpec, output: dict,
     pred = np.zeros((n, h, w), np.uint8)
     pix = case.spacing[1:]
     if box is not None and fill_grid:
-        (r0, r1), (c0, c1) = (grid_filling_span(spec, r0, r1, h, pix[0]), grid_filling_span(spec, c0, c1, w, pix[1]))
+        rows, cols = grid_filling_box(spec, slice(r0, r1), slice(c0, c1), (h, w), pix)
+        r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
     size = output_size(spec, (r1 - r0, c1 - c0), pix)
     loss_sum, loss_n = 0.0, 0
     for a in range(z0, z1, batch):
