@@ -220,8 +220,8 @@ def validate_precision(package, precision: str, backend: str, masks, scans: dict
             if run["labels"].shape != scan.shape:
                 raise KidedgeError(f"{path.name}: output {run['labels'].shape} != canonical scan {scan.shape}")
 
-            def score(lab, vml=voxel_ml, key=key):
-                return score_ircadb(lab, masks, vml) if key == "ircadb-01" else score_sample(lab, vml)
+            def score(lab, roi=None, vml=voxel_ml, key=key):
+                return score_ircadb(lab, masks, vml, roi) if key == "ircadb-01" else score_sample(lab, vml)
 
             raw = raw_labels(segmenter, scan)
             variants = {}
@@ -229,10 +229,8 @@ def validate_precision(package, precision: str, backend: str, masks, scans: dict
                 variants[name] = {**score(labels), "sides_ml": _sides(volumes), "warnings": warnings,
                                   "equals_runtime_output": bool(np.array_equal(labels, run["labels"]))}
             prof = run["profile"]
-            roi = (prof.get("gating") or {}).get("roi")
-            runtime = score_ircadb(run["labels"], masks, voxel_ml, roi) if key == "ircadb-01" else score(run["labels"])
             result[key] = {
-                "runtime": {**runtime, "sides_ml": _sides(run["volumes"]["volumes"]),
+                "runtime": {**score(run["labels"], (prof.get("gating") or {}).get("roi")), "sides_ml": _sides(run["volumes"]["volumes"]),
                             "warnings": run["volumes"].get("warnings", []),
                             "backend": prof.get("backend"), "gating": prof.get("gating"),
                             "wall_s": (prof.get("profile") or {}).get("wall_s")},
