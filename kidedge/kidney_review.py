@@ -69,8 +69,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
-from kidedge.components import component_boxes, label26
-from kidedge.environment import usable_cores
+from kidedge.components import component_boxes, label26, review_threads
 from kidedge.postprocess import (
     _MIN_KIDNEY_SEPARATION_MM,
     _check_labels,
@@ -224,7 +223,7 @@ def _components(block: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel
     # the two kidneys hold nearly all voxels: their argwhere and sums (numpy releases the
     # GIL) run on two threads, largest boxes first; the list keeps the ids' order
     order = sorted(range(n), key=lambda i: -np.prod([s.stop - s.start for s in boxes[i]]))
-    with ThreadPoolExecutor(max_workers=min(2, usable_cores()), thread_name_prefix="kidedge-review") as pool:
+    with ThreadPoolExecutor(max_workers=review_threads(), thread_name_prefix="kidedge-review") as pool:
         described = dict(zip(order, pool.map(lambda i: describe(i, boxes[i]), order), strict=True))
     return comp, [described[i] for i in range(n)]
 
