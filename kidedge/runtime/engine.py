@@ -55,10 +55,10 @@ DEFAULT_BATCH_GPU = 16
 #: A cascade's localiser sees one slice every this many millimetres (every slice when the
 #: slices are thicker), then the unseen slices next to the first and last hit (the region's
 #: ends as on every slice). Kidneys span 100-130 mm. Measured on phantoms of KiTS19 label
-#: geometry (benchmarks/results/cpu-2core-amd-epyc/localiser_step.md): with the previous
-#: model the 4 mm labels equalled the every-slice run's; with today's, whose labels move
-#: with the in-plane box, they agree 0.73-0.99 (kidney) on 0.5-1.25 mm slices and score
-#: 0.769 against 0.790 kidney Dice on the truth (mean of 4 scans), for a localiser on 90
+#: geometry (benchmarks/results/cpu-2core-amd-epyc/localiser_step.md), with today's
+#: segmenter (it sees the scan around its box, grown onto a 16-pixel grid): at 4 mm the
+#: labels equal the every-slice run's on 1.25 and 0.5 mm slices and agree 0.939 (kidney) on
+#: 1 mm ones, truth Dice 0.858 against 0.850 (mean of 4 scans), for a localiser on 90
 #: instead of 602 slices (3-4 s less on 600 slices). At 8 mm the region can miss a kidney.
 LOCALISER_STEP_MM = 4.0
 
