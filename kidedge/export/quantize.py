@@ -20,6 +20,7 @@ recorded in the manifest with the per-variant agreement measured against fp32.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -46,12 +47,17 @@ VARIANTS = ("int8-cpu", "int8-trt")
 def prepare_for_quantization(fp32_path: Path, out_path: Path) -> Path:
     """ORT's recommended pre-processing: graph optimisation (BatchNorm folded into Conv,
     Identity removed) and symbolic shape inference, so every tensor gets a range."""
-    try:
-        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
-    except Exception as exc:  # ORT raises plain Exceptions from its optimiser
-        logging.getLogger(__name__).info("symbolic shape inference failed (%s); retrying without", exc)
-        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
-    return Path(out_path)
+    fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
+    # When its symbolic shape inference gives up, ORT saves the half-inferred model as
+    # "sym_shape_infer_temp.onnx" plus a uuid-named ".data" file in the working directory
+    # and never removes them: run it from a scratch directory so nothing leaks.
+    with tempfile.TemporaryDirectory(prefix="kidedge-prep-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+        except Exception as exc:  # ORT raises plain Exceptions from its optimiser
+            logging.getLogger(__name__).info("symbolic shape inference failed (%s); retrying without", exc)
+            quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return out_path
 
 
 def conv_nodes(model_path: Path) -> list[str]:

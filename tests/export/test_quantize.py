@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -123,3 +126,16 @@ def test_entropy_is_not_silently_minmax(prepared, tmp_path):
     # Entropy clips outliers: no activation scale is larger, and some are smaller.
     assert all(scales["entropy"][k] <= scales["minmax"][k] * 1.0001 for k in common)
     assert any(scales["entropy"][k] < scales["minmax"][k] * 0.99 for k in common)
+
+
+def test_prepare_leaves_no_files_in_the_working_directory(prepared, tmp_path, monkeypatch):
+    # ORT's symbolic shape inference, when it gives up (as it does on this net), saves a
+    # model and a uuid-named .data file into the working directory and keeps them.
+    d, _, _ = prepared
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = prepare_for_quantization(Path(os.path.relpath(d / "fp32.onnx")), tmp_path / "again.onnx")
+    assert out.is_file() and out.is_absolute()
+    assert list(work.iterdir()) == []
+    assert Path.cwd() == work
