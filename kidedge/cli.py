@@ -145,10 +145,13 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init
 @click.option("--allow-int8-fidelity-loss", is_flag=True,
               help="Ship an int8 variant even if it loses more than 0.005 Dice against the truth on the "
                    "held-out cases (by default such a variant is left out; the manifest records the gate).")
+@click.option("--int8-cpu-weight-bits", type=click.Choice(["8", "7"]), default=None,
+              help="Weight bits of the int8 CPU model: 8 (default), or 7 for x86 CPUs with AVX2 but no "
+                   "VNNI, where full-range weights can saturate ONNX Runtime's int8 kernels.")
 @click.option("--verify", "verify", type=click.Path(exists=True), help="Re-check an existing package's hashes and parity instead.")
 @_one_line_errors
 def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt, dla_core, allow_int8_fidelity_loss,
-           verify):
+           int8_cpu_weight_bits, verify):
     """Export a trained run to a model package (ONNX fp32/fp16/int8, TensorRT)."""
     if verify:
         fn = _library_call("kidedge.export.verify", "verify_package", "issue 5")
@@ -159,11 +162,14 @@ def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt
         raise KidedgeError("--dla-core is for TensorRT plans; add --tensorrt")
     if allow_int8_fidelity_loss and not int8:
         raise KidedgeError("--allow-int8-fidelity-loss is for the int8 gate; add --int8")
+    if int8_cpu_weight_bits and not int8:
+        raise KidedgeError("--int8-cpu-weight-bits is for the int8 CPU model; add --int8")
     fn = _library_call("kidedge.export.package_writer", "export_run", "issue 5")
     return fn(run_dir, out, fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, tensorrt=tensorrt,
               float_nodes="rule" if float_layers == "first-last" else "none",
               tensorrt_settings={"dla_core": dla_core} if dla_core is not None else None,
-              allow_int8_fidelity_loss=allow_int8_fidelity_loss)
+              allow_int8_fidelity_loss=allow_int8_fidelity_loss,
+              int8_cpu_weight_bits=int(int8_cpu_weight_bits) if int8_cpu_weight_bits else None)
 
 
 @main.command()

@@ -69,6 +69,24 @@ def cpu_description() -> dict:
     }
 
 
+#: x86 flags with int8 dot products that sum in 32 bits (VNNI, and AMX which implies it).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_pairs_saturate(cpu: dict | None = None) -> bool:
+    """Whether ONNX Runtime's uint8 x int8 convolutions may saturate on this CPU.
+
+    On x86 CPUs with AVX2 but no VNNI (Haswell to Coffee Lake, AMD Zen 1-3) ONNX Runtime
+    multiplies uint8 activations by int8 weights with ``vpmaddubsw``, which adds each pair
+    of products in 16 bits: 255 x 127 x 2 overflows it, so weights quantised to the full
+    int8 range can saturate there; 7-bit weights (``reduce_range``) cannot. VNNI, AMX and
+    Arm's dot products accumulate in 32 bits. False when the flags cannot be read.
+    """
+    cpu = cpu or cpu_description()
+    sets = set(cpu["instruction_sets"])
+    return "avx2" in sets and not sets & set(INT8_DOT_FLAGS)
+
+
 def jetson_model() -> str | None:
     for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
         try:

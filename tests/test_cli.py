@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from kidedge import cli
-from kidedge.environment import describe, machine_label
+from kidedge.environment import describe, int8_pairs_saturate, machine_label
 
 COMMANDS = {"phantom", "train", "export", "infer", "batch", "evaluate", "bench", "demo", "info"}
 
@@ -28,9 +28,27 @@ def test_info_reports_environment_as_text_and_json():
     assert data["cpu"]["logical_cores"] >= 1
 
 
+@pytest.mark.parametrize("sets, saturates", [
+    (["avx2", "fma"], True),                      # Haswell .. Coffee Lake, AMD Zen 1-3
+    (["avx2", "avx512f", "avx512_vnni"], False),  # Cascade Lake and later, Zen 4
+    (["avx2", "avx_vnni"], False),                # Alder Lake
+    (["asimd", "asimddp", "i8mm"], False),        # Arm (Jetson Orin)
+    ([], False),                                  # flags unreadable
+])
+def test_int8_pairs_saturate_only_on_avx2_without_vnni(sets, saturates):
+    assert int8_pairs_saturate({"instruction_sets": sets}) is saturates
+
+
 def test_machine_label_is_folder_safe():
     label = machine_label(describe())
     assert label and all(c.isalnum() or c == "-" for c in label)
+
+
+def test_int8_weight_bits_needs_int8(tmp_path):
+    result = CliRunner().invoke(cli.main, ["export", str(tmp_path), "--out", str(tmp_path / "p"),
+                                           "--int8-cpu-weight-bits", "7"])
+    assert result.exit_code != 0 and "add --int8" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "p").exists()
 
 
 def test_missing_implementation_is_a_one_line_exit_2():

@@ -128,12 +128,12 @@ def sensitive_convs(prepared: Path, int8_path: Path, inputs: np.ndarray) -> list
 
 
 def quantize_cpu(prepared: Path, out_path: Path, reader, method: str, exclude: list[str], cpu_format: str,
-                 calibration_cache: Path | None, fidelity: tuple | None = None) -> dict:
+                 calibration_cache: Path | None, fidelity: tuple | None = None, reduce_range: bool = False) -> dict:
     """``int8-cpu`` of a 3D stage (see the module docstring).
 
     Args:
         prepared, out_path, reader, method, exclude, cpu_format, calibration_cache: as
-            :func:`kidedge.export.quantize.quantize_int8`.
+            :func:`kidedge.export.quantize.quantize_int8`; so is ``reduce_range``.
         fidelity: ``(fp32_path, volumes, run_stage, inputs)``: the fp32 model, calibration
             volumes and windows to judge and choose float layers on; None skips that.
 
@@ -145,7 +145,7 @@ def quantize_cpu(prepared: Path, out_path: Path, reader, method: str, exclude: l
 
     def quantize(nodes: list[str]) -> dict:
         return quantize_int8(prepared, out_path, reader, "int8-cpu", method, nodes, cpu_format=cpu_format,
-                             calibration_cache=calibration_cache)
+                             calibration_cache=calibration_cache, reduce_range=reduce_range)
 
     settings = quantize(list(exclude))
     record = {"target": FIDELITY_TARGET, "kept_float": [], "judged_on": "not judged"}

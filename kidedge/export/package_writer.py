@@ -94,7 +94,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                parity_slices: int = 6, depth: int = 16, cpu_format: str | None = None,
                float_nodes: str = "rule", threads: int = 2, tensorrt_settings: dict | None = None,
                data: str = "auto", max_slices: int = 48, model_factory=None, quiet: bool = False,
-               allow_int8_fidelity_loss: bool = False) -> int:
+               allow_int8_fidelity_loss: bool = False, int8_cpu_weight_bits: int | None = None) -> int:
     """Export every stage of ``run_dir`` to a model package at ``out``.
 
     Args:
@@ -135,13 +135,16 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             (:func:`kidedge.export.fidelity.int8_gate`: more than 0.005 Dice lost against the
             truth on the held-out cases); by default it is left out of the package. Either
             way the decision is in the manifest (``export_report.int8_gate``).
+        int8_cpu_weight_bits: 8 (default: full-range weights) or 7 (for x86 CPUs with AVX2
+            but no VNNI, see :mod:`kidedge.export.quantize`); recorded as the int8-cpu file's
+            ``weight_bits``, which the runtime checks against the CPU it runs on.
 
     Returns:
         0 (the CLI's exit code).
     """
     import torch
 
-    from kidedge.export.quantize import DEFAULT_CPU_FORMAT
+    from kidedge.export.quantize import CPU_WEIGHT_BITS, DEFAULT_CPU_FORMAT, DEFAULT_CPU_WEIGHT_BITS
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
@@ -153,6 +156,9 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         raise KidedgeError(f"float_nodes must be 'rule' or 'none', got {float_nodes!r}")
     if calib and not int8:
         raise KidedgeError("--calib is for int8 calibration; add --int8")
+    weight_bits = DEFAULT_CPU_WEIGHT_BITS if int8_cpu_weight_bits is None else int8_cpu_weight_bits
+    if weight_bits not in CPU_WEIGHT_BITS:
+        raise KidedgeError(f"int8-cpu weight bits must be one of {CPU_WEIGHT_BITS}, got {weight_bits!r}")
     if data not in ("auto", "phantoms"):
         raise KidedgeError(f"data must be 'auto' or 'phantoms', got {data!r}")
     trt = None
@@ -274,14 +280,17 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                         from kidedge.export.int8_3d import quantize_cpu
 
                         q[variant] = quantize_cpu(prepared, path, reader, calib_method, exclude, cpu_format, cache,
-                                                  fidelity=(fp32_path, vols, st, cin))
+                                                  fidelity=(fp32_path, vols, st, cin), reduce_range=weight_bits == 7)
                         exclude = [*exclude, *q[variant]["fidelity_fallback"]["kept_float"]]
                     else:
                         q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
-                                                   cpu_format=cpu_format, calibration_cache=cache)
+                                                   cpu_format=cpu_format, calibration_cache=cache,
+                                                   reduce_range=variant == "int8-cpu" and weight_bits == 7)
                     runners[variant] = _OrtRunner(path, threads, variant)
                     parity[variant] = compare_logits(torch_logits, runners[variant](x))
                     files[variant] = {"path": f"{sname}/{variant}.onnx"}
+                    if variant == "int8-cpu":
+                        files[variant]["weight_bits"] = weight_bits
                     say(f"stage {sname}: {variant} argmax agreement {parity[variant]['argmax_agreement']:.4f}")
                 report["quantisation"].setdefault(sname, {}).update(q)
 

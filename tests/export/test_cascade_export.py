@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from kidedge.cli import main
+from kidedge.errors import KidedgeError
 from kidedge.export.held_out import simple_synthetic_volume
 from kidedge.export.package_writer import export_run
 from kidedge.export.verify import verify_package
@@ -89,14 +90,20 @@ def test_cascade_int8_percentile_calibrates_on_the_run_split(cascade):
 def test_phantoms_when_asked_and_float_layers_none(cascade, tmp_path):
     run, _, _ = cascade
     out = tmp_path / "pkg"
-    export_run(run, out, int8=True, calib_method="minmax", data="phantoms", float_nodes="none",
-               volume_shape=(8, 96, 96), spacing=(3.0, 3.0, 3.0), held_out_cases=1, calib_cases=1,
-               slices_per_case=3, parity_slices=2, model_factory=tiny_factory, quiet=True)
-    rep = ModelPackage.load(out).manifest.export_report
+    kw = dict(int8=True, calib_method="minmax", data="phantoms", float_nodes="none",
+              volume_shape=(8, 96, 96), spacing=(3.0, 3.0, 3.0), held_out_cases=1, calib_cases=1,
+              slices_per_case=3, parity_slices=2, model_factory=tiny_factory, quiet=True)
+    with pytest.raises(KidedgeError, match="weight bits must be one of"):
+        export_run(run, tmp_path / "bad", int8_cpu_weight_bits=6, **kw)
+    assert not (tmp_path / "bad").exists()
+    export_run(run, out, int8_cpu_weight_bits=7, **kw)
+    pkg = ModelPackage.load(out)
+    rep = pkg.manifest.export_report
     assert rep["held_out_source"] == "phantoms"
     q = rep["quantisation"]["segment"]
     assert q["calibration"]["source"] == "phantoms"
     assert q["int8-cpu"]["float_nodes"] == [] and q["float_nodes_rule"] == "none"
+    assert q["int8-cpu"]["reduce_range"] and pkg.stage("segment").files["int8-cpu"].extra["weight_bits"] == 7
 
 
 def test_cli_export_options(tmp_path, cascade):

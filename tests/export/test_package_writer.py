@@ -39,6 +39,8 @@ def test_full_package_manifest(full_package):
     assert sizes["fp32"] == (full_package / "seg/fp32.onnx").stat().st_size
     q = rep["quantisation"]["seg"]
     assert q["int8-cpu"]["float_nodes"] and q["int8-trt"]["float_nodes"] == q["int8-cpu"]["float_nodes"]
+    # full-range int8-cpu weights by default, recorded where the runtime looks
+    assert m["stages"][0]["files"]["int8-cpu"]["weight_bits"] == 8 and not q["int8-cpu"]["reduce_range"]
     assert q["calibration"]["method"] == "minmax" and q["calibration"]["inputs"] == 12
     assert set(rep["fidelity"]["seg"]) == {"fp16", "int8-cpu", "int8-trt"}
     for precision in ("fp16", "int8-cpu", "int8-trt"):

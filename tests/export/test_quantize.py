@@ -78,7 +78,7 @@ def test_int8_cpu_uses_uint8_activations(prepared, fmt):
     out = d / f"cpu-{fmt}.onnx"
     info = quantize_int8(prep, out, SliceCalibrationReader(x), "int8-cpu", "percentile", [], cpu_format=fmt,
                          calibration_cache=d / f"cache-{fmt}.json")
-    assert info["quant_format"] == fmt and info["reduce_range"] and info["percentile"] == 99.999
+    assert info["quant_format"] == fmt and not info["reduce_range"] and info["percentile"] == 99.999
     m, inits = _inits(out)
     ops = {n.op_type for n in m.graph.node}
     if fmt == "QOperator":
@@ -89,6 +89,22 @@ def test_int8_cpu_uses_uint8_activations(prepared, fmt):
     assert act_zero_points and all(z.dtype == np.uint8 for z in act_zero_points)
     assert (d / f"cache-{fmt}.json").is_file()
     assert run_onnx(ort_session(out), x).shape == (8, 4, 64, 64)
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_int8_cpu_weight_bits(prepared, reduce_range):
+    # 8-bit weights by default: every output channel's largest weight maps to +-127;
+    # reduce_range keeps them within 7 bits (ORT's [-64, 64]) for AVX2 CPUs without VNNI.
+    d, prep, x = prepared
+    out = d / f"bits-{reduce_range}.onnx"
+    info = quantize_int8(prep, out, SliceCalibrationReader(x), "int8-cpu", "minmax", [], reduce_range=reduce_range,
+                         calibration_cache=d / "bits-cache.json")
+    assert info["reduce_range"] is reduce_range
+    _, inits = _inits(out)
+    weights = [w for w in inits.values() if w.dtype == np.int8 and w.ndim == 4]
+    assert weights
+    peaks = {int(np.abs(w.astype(np.int16)).max()) for w in weights}
+    assert peaks == ({64} if reduce_range else {127})
 
 
 def test_calibration_cache_is_reused_without_reader(prepared):

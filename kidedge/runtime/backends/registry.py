@@ -18,7 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from kidedge.environment import usable_cores
+from kidedge.environment import int8_pairs_saturate, usable_cores
 from kidedge.errors import KidedgeError
 from kidedge.package import PlanKey, Stage
 from kidedge.runtime.backends.base import Backend
@@ -113,13 +113,28 @@ _NO_INT8 = ("; export leaves out an int8 variant that fails its fidelity gate (t
             "export_report.int8_gate says why): use --precision auto, fp16 or fp32")
 
 
+def _may_saturate(stage: Stage) -> bool:
+    """The stage's int8-cpu model has full-range weights and this CPU's int8 kernel may
+    saturate with them (:func:`kidedge.environment.int8_pairs_saturate`). Packages without
+    ``weight_bits`` were written when export used 7-bit weights."""
+    entry = stage.files.get("int8-cpu")
+    return entry is not None and entry.extra.get("weight_bits", 7) == 8 and int8_pairs_saturate()
+
+
+_SATURATION = ("int8-cpu has 8-bit weights and this x86 CPU has AVX2 without VNNI, where ONNX Runtime's "
+               "int8 kernel can saturate with them; re-export with --int8-cpu-weight-bits 7 for this CPU")
+
+
 def _resolve_files(package, backend: str, device: str, precision: str, dla_core: int | None = None,
                    notes: list[str] | None = None) -> dict[str, str]:
     """Stage name -> file key for this backend, or KidedgeError naming what is missing.
 
     With ``dla_core`` a stage takes its plan built for that DLA core where it has one, else
-    its GPU plan, and ``notes`` says which stages fell back.
+    its GPU plan, and ``notes`` says which stages fell back. On a CPU whose int8 kernel may
+    saturate with the package's full-range int8 weights, ``auto`` takes fp32 and
+    ``--precision int8`` runs int8 with a warning in ``notes``.
     """
+    notes = [] if notes is None else notes
     files = {}
     for stage in package.stages:
         if backend == "onnxruntime":
@@ -129,6 +144,12 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
                 raise KidedgeError(
                     f"{package.source}: stage {stage.name!r} has no {precision if precision != 'auto' else keys[-1]} "
                     f"ONNX model for onnxruntime on {device} (has {stage.precisions}){_NO_INT8 if precision == 'int8' else ''}")
+            if key == "int8-cpu" and device == "cpu" and _may_saturate(stage):
+                if precision == "auto" and "fp32" in stage.files:
+                    key = "fp32"
+                    notes.append(f"stage {stage.name!r} runs fp32, not int8: {_SATURATION}")
+                else:
+                    notes.append(f"warning: stage {stage.name!r}: {_SATURATION}")
         elif backend == "torch":
             if precision == "int8":
                 raise KidedgeError("the torch backend has no int8; use --backend onnxruntime or tensorrt")
@@ -140,7 +161,7 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
             key = None
             if dla_core is not None:
                 key = match_plan(stage.plans, tensorrt_version(), gpu_name(), order, dla_core=dla_core)
-                if key is None and notes is not None:
+                if key is None:
                     notes.append(f"stage {stage.name!r} has no plan for DLA core {dla_core} here: its GPU plan runs")
             key = key or match_plan(stage.plans, tensorrt_version(), gpu_name(), order)
             if key is None:

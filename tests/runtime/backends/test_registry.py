@@ -129,3 +129,27 @@ def test_side_by_side_calls_give_the_labels_of_one_call_at_a_time(tmp_path, monk
             out[calls] = seg.segment(load_scan(path)).labels.to_dense()
     np.testing.assert_array_equal(out["1"], out["2"])
     np.testing.assert_array_equal(out["2"], truth)
+
+
+@pytest.mark.parametrize("bits", [8, 7, None])
+def test_full_range_int8_is_not_auto_where_int8_pairs_saturate(tmp_path, monkeypatch, bits):
+    import json
+
+    from kidedge.runtime.backends import registry
+
+    d = make_single_package(tmp_path / "p")
+    shutil.copy(d / "segment.fp32.onnx", d / "segment.int8-cpu.onnx")
+    m = json.loads((d / "manifest.json").read_text())
+    m["stages"][0]["files"]["int8-cpu"] = {"path": "segment.int8-cpu.onnx", **({"weight_bits": bits} if bits else {})}
+    write_manifest(d, m)
+    pkg = ModelPackage.load(d)
+    monkeypatch.setattr(registry, "int8_pairs_saturate", lambda: True)  # an AVX2 CPU without VNNI
+    auto, forced = select_backend(pkg), select_backend(pkg, precision="int8")
+    assert forced.files == {"segment": "int8-cpu"}
+    if bits == 8:
+        assert auto.files == {"segment": "fp32"} and "runs fp32, not int8" in auto.reason
+        assert "warning" in forced.reason and "--int8-cpu-weight-bits 7" in forced.reason
+    else:  # 7-bit weights (a package without weight_bits has them) cannot saturate
+        assert auto.files == {"segment": "int8-cpu"} and "warning" not in forced.reason
+    monkeypatch.setattr(registry, "int8_pairs_saturate", lambda: False)  # VNNI, AMX or Arm
+    assert select_backend(pkg).files == {"segment": "int8-cpu"}
