@@ -187,6 +187,9 @@ def format_description(d: dict) -> str:
            if torch["version"] else ""),
         f"cpu: {d['cpu']['model']} ({d['cpu']['architecture']}, {d['cpu']['usable_cores']} usable of {d['cpu']['logical_cores']} logical cores)",
         f"  instruction sets: {' '.join(d['cpu']['instruction_sets']) or 'none of interest'}",
+        "  int8 on CPU: " + ("AVX2 without VNNI: packages with 8-bit int8-cpu weights run fp32 by default "
+                             "(export with --int8-cpu-weight-bits 7 for this CPU)" if int8_pairs_saturate(d["cpu"])
+                             else "8-bit int8-cpu weights run as int8"),
     ]
     if d["jetson"]:
         lines.append(f"jetson: {d['jetson']}")

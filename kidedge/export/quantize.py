@@ -10,7 +10,7 @@ int8 kernel (vpmaddubsw) adds pairs of products in 16 bits and can saturate with
 full-range weights (:func:`kidedge.environment.int8_pairs_saturate`); with VNNI, AMX or on
 Arm the sums are 32-bit and the eighth bit is only precision. Measured on the built-in
 model on this machine's AVX-512 VNNI CPU, the same speed either way, and int8 against fp32
-kidney Dice on the bench scans -0.0006 to +0.0045 with 8 bits against -0.006 to -0.033
+kidney Dice on four bench scans -0.0006 to +0.0045 with 8 bits against -0.007 to -0.033
 with 7 (benchmarks/results/int8_weight_bits.md).
 
 ``int8-trt``: what TensorRT's explicit quantisation consumes: QDQ, int8 activations and
