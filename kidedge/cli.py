@@ -148,10 +148,12 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init
 @click.option("--int8-cpu-weight-bits", type=click.Choice(["8", "7"]), default=None,
               help="Weight bits of the int8 CPU model: 8 (default), or 7 for x86 CPUs with AVX2 but no "
                    "VNNI, where full-range weights can saturate ONNX Runtime's int8 kernels.")
+@click.option("--int8-localiser", is_flag=True,
+              help="Also quantise a cascade's localiser (by default it stays float: it decides the crop).")
 @click.option("--verify", "verify", type=click.Path(exists=True), help="Re-check an existing package's hashes and parity instead.")
 @_one_line_errors
 def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt, dla_core, allow_int8_fidelity_loss,
-           int8_cpu_weight_bits, verify):
+           int8_cpu_weight_bits, int8_localiser, verify):
     """Export a trained run to a model package (ONNX fp32/fp16/int8, TensorRT)."""
     if verify:
         fn = _library_call("kidedge.export.verify", "verify_package", "issue 5")
@@ -162,14 +164,16 @@ def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt
         raise KidedgeError("--dla-core is for TensorRT plans; add --tensorrt")
     if allow_int8_fidelity_loss and not int8:
         raise KidedgeError("--allow-int8-fidelity-loss is for the int8 gate; add --int8")
-    if int8_cpu_weight_bits and not int8:
-        raise KidedgeError("--int8-cpu-weight-bits is for the int8 CPU model; add --int8")
+    for flag, value in (("--int8-cpu-weight-bits", int8_cpu_weight_bits), ("--int8-localiser", int8_localiser)):
+        if value and not int8:
+            raise KidedgeError(f"{flag} is for the int8 models; add --int8")
     fn = _library_call("kidedge.export.package_writer", "export_run", "issue 5")
     return fn(run_dir, out, fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, tensorrt=tensorrt,
               float_nodes="rule" if float_layers == "first-last" else "none",
               tensorrt_settings={"dla_core": dla_core} if dla_core is not None else None,
               allow_int8_fidelity_loss=allow_int8_fidelity_loss,
-              int8_cpu_weight_bits=int(int8_cpu_weight_bits) if int8_cpu_weight_bits else None)
+              int8_cpu_weight_bits=int(int8_cpu_weight_bits) if int8_cpu_weight_bits else None,
+              int8_localiser=int8_localiser)
 
 
 @main.command()

@@ -120,8 +120,8 @@ def export_tiny3d(root: Path, precisions=("fp32",), per_component: bool = True) 
     # The tiny networks are untrained (random weights): their int8 labels need not stay within
     # the export gate's 0.005 Dice of fp32, and these tests are about the export's mechanics,
     # so int8 ships regardless (the gate's decision is still recorded; tests/export/test_int8_gate.py
-    # tests the refusal).
+    # tests the refusal). Both stages are quantised, so that the 3D int8 path runs on each.
     export_run(run, out, fp16="fp16" in precisions, int8="int8" in precisions, calib_method="minmax",
                held_out_cases=1, calib_cases=2, slices_per_case=6, model_factory=tiny3d_factory, quiet=True,
-               allow_int8_fidelity_loss="int8" in precisions)
+               allow_int8_fidelity_loss="int8" in precisions, int8_localiser="int8" in precisions)
     return data, out

@@ -77,7 +77,12 @@ def plan_variants(package, quick: bool = False, monai: bool | None = None, torch
         if cascade and not quick and not curve:
             out.append(Variant("papers-wholeslice", "extra: papers' way, segmenter on every whole slice (paper 001)",
                                "baseline", "papers", expensive=True, region=False, extra=True))
-    precisions = [p for p in ("fp32", "int8-cpu", "int8-trt", "fp16") if p in every]
+    # int8 needs it in every stage but a float localiser, which int8 runs in fp32 (export's default)
+    float_loc = [st.name for st in package.stages if st.role == "localise" and not
+                 any(k.startswith("int8") for k in st.files)]
+    int8_every = set.intersection(*(set(s.files) for s in package.stages if s.name not in float_loc))
+    precisions = [p for p in ("fp32", "int8-cpu", "int8-trt", "fp16")
+                  if p in every or (p.startswith("int8") and cascade and float_loc and p in int8_every)]
     if "fp16" in precisions and not has_nvidia_gpu():
         precisions.remove("fp16")
     gates = (True, False) if cascade else (True,)
@@ -94,6 +99,8 @@ def plan_variants(package, quick: bool = False, monai: bool | None = None, torch
             if curve and name != DEFAULT_VARIANT and cascade:
                 continue
             tag = "" if not cascade else (" gated" if g else " no gate")
+            if p.startswith("int8") and p not in every:
+                tag += ", localiser fp32"
             out.append(Variant(name, f"{'extra: ' if not g else ''}kidedge onnxruntime {p}{tag}", "kidedge",
                                "kidedge", "onnxruntime", p, g, expensive=not g and cascade, extra=not g))
     if have_torch and "torch" in every and not quick and not curve:

@@ -87,6 +87,15 @@ def _check_dynamic_hw(model, onnx_path: Path, x: np.ndarray, threads: int) -> di
     return {"ok": cmp["max_abs_diff"] <= FP32_TOLERANCE, "shape": list(y.shape), **cmp}
 
 
+#: Why a cascade's localiser gets no int8 files by default (recorded in the manifest). On the
+#: built-in model an int8 localiser moved the crop onto the spine on the real DICOM sample, for
+#: about 0.13 s saved on a 602-slice scan (benchmarks/results/int8_variants.md).
+LOCALISER_KEPT_FLOAT = (
+    "kept float: the localiser decides the segmenter's crop and is a small part of the scan's time; "
+    "an int8 flip in its kidney map moves the whole crop, so int8 runs it in fp32 (fp16 on a GPU); "
+    "--int8-localiser quantises it")
+
+
 def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                calib_method: str = "percentile", tensorrt: bool = False, *,
                name: str | None = None, volume_shape=(32, 256, 256), spacing=(3.0, 1.5, 1.5),
@@ -94,7 +103,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                parity_slices: int = 6, depth: int = 16, cpu_format: str | None = None,
                float_nodes: str = "rule", threads: int = 2, tensorrt_settings: dict | None = None,
                data: str = "auto", max_slices: int = 48, model_factory=None, quiet: bool = False,
-               allow_int8_fidelity_loss: bool = False, int8_cpu_weight_bits: int | None = None) -> int:
+               allow_int8_fidelity_loss: bool = False, int8_cpu_weight_bits: int | None = None,
+               int8_localiser: bool = False) -> int:
     """Export every stage of ``run_dir`` to a model package at ``out``.
 
     Args:
@@ -138,6 +148,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         int8_cpu_weight_bits: 8 (default: full-range weights) or 7 (for x86 CPUs with AVX2
             but no VNNI, see :mod:`kidedge.export.quantize`); recorded as the int8-cpu file's
             ``weight_bits``, which the runtime checks against the CPU it runs on.
+        int8_localiser: also quantise a cascade's localiser (by default it gets no int8
+            files and runs in float beside an int8 segmenter, see :data:`LOCALISER_KEPT_FLOAT`).
 
     Returns:
         0 (the CLI's exit code).
@@ -234,8 +246,12 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 files["fp16"] = {"path": f"{sname}/fp16.onnx"}
                 runners["fp16"] = _OrtRunner(sdir / "fp16.onnx", threads)
 
-            # 3. int8: both variants from one calibration.
-            if int8:
+            # 3. int8: both variants from one calibration; a cascade's localiser stays float
+            # unless asked (see int8_localiser).
+            if int8 and st["role"] == "localise" and not int8_localiser:
+                report["quantisation"].setdefault(sname, {})["int8"] = LOCALISER_KEPT_FLOAT
+                say(f"stage {sname}: no int8 (the localiser stays float; --int8-localiser quantises it)")
+            elif int8:
                 from kidedge.export.calibration import SliceCalibrationReader, calibration_inputs
                 from kidedge.export.quantize import (
                     float_node_rule,
@@ -309,7 +325,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 settings = stage_build_settings(int(x.shape[1]), buckets, int(x.shape[2]) if dim == "3d" else None,
                                                 **extra)
                 onnx_for = {"fp16": fp32_path}
-                if int8:
+                if "int8-trt" in files:
                     onnx_for["int8"] = sdir / "int8-trt.onnx"
                 say(f"stage {sname}: building TensorRT plans {sorted(onnx_for)}")
                 files["tensorrt"] = build_stage_plans(sdir, sname, onnx_for, settings, trt)

@@ -109,3 +109,15 @@ def test_long_scans_repeat_the_floor_and_kidedge_not_the_baselines():
     ungated = Variant("ort-fp32", "kidedge", "kidedge", "kidedge", "onnxruntime", "fp32", False, expensive=True)
     assert [repeats_for(scan(600), v, 5) for v in (floor, gated, papers, monai_cheap, ungated)] == [5, 5, 1, 2, 1]
     assert [repeats_for(scan(60), v, 5) for v in (floor, gated, papers, monai_cheap, ungated)] == [5, 5, 5, 5, 5]
+
+
+def test_int8_rows_run_a_float_localiser(tiny):
+    # export keeps the localiser float: the int8 rows exist and say how they run
+    from kidedge.bench.variants import plan_variants
+    from kidedge.package import ModelPackage
+
+    pkg = ModelPackage.load(tiny[1])
+    assert "int8-cpu" not in pkg.stage("localise").files and "int8-cpu" in pkg.stage("segment").files
+    labels = {v.name: v.label for v in plan_variants(pkg, monai=False, torch=False)}
+    assert labels["ort-int8-cpu-gated"] == "kidedge onnxruntime int8-cpu gated, localiser fp32"
+    assert labels["ort-fp32-gated"] == "kidedge onnxruntime fp32 gated"

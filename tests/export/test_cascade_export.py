@@ -17,6 +17,7 @@ from kidedge.export.package_writer import export_run
 from kidedge.export.verify import verify_package
 from kidedge.package import ModelPackage
 from kidedge.preprocess import PreprocessSpec
+from kidedge.runtime.backends.registry import select_backend
 
 from .conftest import TinyUNet, tiny_factory
 from .test_package_writer import _write_kits_case
@@ -72,17 +73,18 @@ def test_cascade_int8_percentile_calibrates_on_the_run_split(cascade):
     rep = pkg.manifest.export_report
     assert rep["held_out_source"] == f"run split 'test' of {data}"
     assert rep["held_out_cases"][0].endswith("case_00002/imaging.nii.gz")
-    for stage in ("localise", "segment"):
-        assert pkg.available_precisions(stage) == ["fp32", "fp16", "int8-cpu", "int8-trt", "torch"]
-        cal = rep["quantisation"][stage]["calibration"]
-        assert cal["source"] == f"run split 'train' of {data}" and cal["method"] == "percentile"
-        assert [s.split("/")[-2] for s in cal["sources"]] == ["case_00000", "case_00001"]
-        assert set(rep["fidelity"][stage]) == {"fp16", "int8-cpu", "int8-trt"}
-        assert rep["quantisation"][stage]["int8-cpu"]["float_nodes"]  # first and last Conv
+    # the localiser stays float by default (--int8-localiser quantises it: see below)
+    assert pkg.available_precisions("localise") == ["fp32", "fp16", "torch"]
+    assert rep["quantisation"]["localise"]["int8"].startswith("kept float")
+    assert set(rep["fidelity"]["localise"]) == {"fp16"}
+    assert pkg.available_precisions("segment") == ["fp32", "fp16", "int8-cpu", "int8-trt", "torch"]
+    cal = rep["quantisation"]["segment"]["calibration"]
+    assert cal["source"] == f"run split 'train' of {data}" and cal["method"] == "percentile"
+    assert [s.split("/")[-2] for s in cal["sources"]] == ["case_00000", "case_00001"]
+    assert set(rep["fidelity"]["segment"]) == {"fp16", "int8-cpu", "int8-trt"}
+    assert rep["quantisation"]["segment"]["int8-cpu"]["float_nodes"]  # first and last Conv
     # Kidney boxes of different sizes were brought to one size for the histogram calibrator.
-    seg_cal = rep["quantisation"]["segment"]["calibration"]
-    assert len(seg_cal["cropped_to"]) == 2 and all(v % 8 == 0 for v in seg_cal["cropped_to"])
-    assert "cropped_to" not in rep["quantisation"]["localise"]["calibration"]  # fixed 64x64
+    assert len(cal["cropped_to"]) == 2 and all(v % 8 == 0 for v in cal["cropped_to"])
     assert pkg.stage("segment").input.height is None  # native: any size
     assert verify_package(out, quiet=True) == 0
 
@@ -96,14 +98,17 @@ def test_phantoms_when_asked_and_float_layers_none(cascade, tmp_path):
     with pytest.raises(KidedgeError, match="weight bits must be one of"):
         export_run(run, tmp_path / "bad", int8_cpu_weight_bits=6, **kw)
     assert not (tmp_path / "bad").exists()
-    export_run(run, out, int8_cpu_weight_bits=7, **kw)
+    export_run(run, out, int8_cpu_weight_bits=7, int8_localiser=True, **kw)
     pkg = ModelPackage.load(out)
     rep = pkg.manifest.export_report
     assert rep["held_out_source"] == "phantoms"
-    q = rep["quantisation"]["segment"]
-    assert q["calibration"]["source"] == "phantoms"
-    assert q["int8-cpu"]["float_nodes"] == [] and q["float_nodes_rule"] == "none"
-    assert q["int8-cpu"]["reduce_range"] and pkg.stage("segment").files["int8-cpu"].extra["weight_bits"] == 7
+    for stage in ("localise", "segment"):
+        q = rep["quantisation"][stage]
+        assert q["calibration"]["source"] == "phantoms"
+        assert q["int8-cpu"]["float_nodes"] == [] and q["float_nodes_rule"] == "none"
+        assert q["int8-cpu"]["reduce_range"] and pkg.stage(stage).files["int8-cpu"].extra["weight_bits"] == 7
+    assert "cropped_to" not in rep["quantisation"]["localise"]["calibration"]  # a fixed size
+    assert select_backend(pkg, "onnxruntime", "int8").files == {"localise": "int8-cpu", "segment": "int8-cpu"}
 
 
 def test_cli_export_options(tmp_path, cascade):

@@ -125,6 +125,17 @@ _SATURATION = ("int8-cpu has 8-bit weights and this x86 CPU has AVX2 without VNN
                "int8 kernel can saturate with them; re-export with --int8-cpu-weight-bits 7 for this CPU")
 
 
+def _float_localiser(package, stage: Stage) -> bool:
+    """A cascade's localiser without int8 beside an int8 stage: export keeps it float by
+    default (it decides the segmenter's crop), and int8 runs it in fp32 (fp16 on a GPU)."""
+    def has_int8(st: Stage) -> bool:
+        return any(k.startswith("int8") for k in st.files) or any(
+            k.base_precision == "int8" for k in st.plan_keys.values())
+
+    return stage.role == "localise" and not has_int8(stage) and any(
+        has_int8(st) for st in package.stages if st is not stage)
+
+
 def _resolve_files(package, backend: str, device: str, precision: str, dla_core: int | None = None,
                    notes: list[str] | None = None) -> dict[str, str]:
     """Stage name -> file key for this backend, or KidedgeError naming what is missing.
@@ -135,21 +146,21 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
     ``--precision int8`` runs int8 with a warning in ``notes``.
     """
     notes = [] if notes is None else notes
-    files = {}
+    files, saturating = {}, []
     for stage in package.stages:
+        # int8 asked of a float localiser: its float model, as auto would take
+        stage_precision = "auto" if precision == "int8" and _float_localiser(package, stage) else precision
         if backend == "onnxruntime":
-            keys = _onnx_keys(device, precision)
+            keys = _onnx_keys(device, stage_precision)
             key = next((k for k in keys if k in stage.files), None)
             if key is None:
                 raise KidedgeError(
                     f"{package.source}: stage {stage.name!r} has no {precision if precision != 'auto' else keys[-1]} "
                     f"ONNX model for onnxruntime on {device} (has {stage.precisions}){_NO_INT8 if precision == 'int8' else ''}")
             if key == "int8-cpu" and device == "cpu" and _may_saturate(stage):
+                saturating.append(stage.name)
                 if precision == "auto" and "fp32" in stage.files:
                     key = "fp32"
-                    notes.append(f"stage {stage.name!r} runs fp32, not int8: {_SATURATION}")
-                else:
-                    notes.append(f"warning: stage {stage.name!r}: {_SATURATION}")
         elif backend == "torch":
             if precision == "int8":
                 raise KidedgeError("the torch backend has no int8; use --backend onnxruntime or tensorrt")
@@ -157,7 +168,7 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
                 raise KidedgeError(f"{package.source}: stage {stage.name!r} has no torch state_dict for --backend torch")
             key = "torch"
         elif backend == "tensorrt":
-            order = ("fp16", "fp32", "int8") if precision == "auto" else (precision,)
+            order = {"auto": ("fp16", "fp32", "int8")}.get(stage_precision, (stage_precision,))
             key = None
             if dla_core is not None:
                 key = match_plan(stage.plans, tensorrt_version(), gpu_name(), order, dla_core=dla_core)
@@ -173,13 +184,19 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
         else:
             raise KidedgeError(f"unknown backend {backend!r} (one of {BACKENDS})")
         files[stage.name] = key
+        if stage_precision != precision:
+            notes.append(f"stage {stage.name!r} runs {key}: the package keeps its localiser float")
+    if saturating:
+        one, auto = len(saturating) == 1, precision == "auto"
+        notes.append(f"{'' if auto else 'warning: '}{'stage' if one else 'stages'} {', '.join(saturating)} "
+                     f"{'runs' if one else 'run'} {'fp32, not int8' if auto else 'int8'}: {_SATURATION}")
     return files
 
 
 def _precision_word(backend: str, device: str, files: dict[str, str], precision: str) -> str:
     if backend == "torch":
         return "fp16" if (precision in ("auto", "fp16") and device == "cuda") else "fp32"
-    key = next(iter(files.values()))
+    key = list(files.values())[-1]  # the last stage: a cascade's segmenter (its localiser may stay float)
     if backend == "tensorrt":
         return PlanKey.parse(key).base_precision
     return key.split("-")[0]  # int8-cpu / int8-trt -> int8

@@ -147,9 +147,32 @@ def test_full_range_int8_is_not_auto_where_int8_pairs_saturate(tmp_path, monkeyp
     auto, forced = select_backend(pkg), select_backend(pkg, precision="int8")
     assert forced.files == {"segment": "int8-cpu"}
     if bits == 8:
-        assert auto.files == {"segment": "fp32"} and "runs fp32, not int8" in auto.reason
-        assert "warning" in forced.reason and "--int8-cpu-weight-bits 7" in forced.reason
+        assert auto.files == {"segment": "fp32"} and "stage segment runs fp32, not int8" in auto.reason
+        assert "warning: stage segment runs int8" in forced.reason and "--int8-cpu-weight-bits 7" in forced.reason
     else:  # 7-bit weights (a package without weight_bits has them) cannot saturate
         assert auto.files == {"segment": "int8-cpu"} and "warning" not in forced.reason
     monkeypatch.setattr(registry, "int8_pairs_saturate", lambda: False)  # VNNI, AMX or Arm
     assert select_backend(pkg).files == {"segment": "int8-cpu"}
+
+
+def test_int8_runs_a_float_localiser_in_fp32(tmp_path):
+    # export keeps a cascade's localiser float by default: int8 (asked or auto) runs it in fp32
+    # beside the int8 segmenter; with no int8 anywhere, --precision int8 is still refused
+    import json
+
+    from ..synthetic import make_cascade_package
+
+    d = make_cascade_package(tmp_path / "c")
+    pkg = ModelPackage.load(d)
+    with pytest.raises(KidedgeError, match="no int8"):
+        select_backend(pkg, "onnxruntime", "int8")
+    shutil.copy(d / "segment.fp32.onnx", d / "segment.int8-cpu.onnx")
+    m = json.loads((d / "manifest.json").read_text())
+    m["stages"][1]["files"]["int8-cpu"] = {"path": "segment.int8-cpu.onnx", "weight_bits": 8}
+    write_manifest(d, m)
+    pkg = ModelPackage.load(d)
+    for precision in ("int8", "auto"):
+        choice = select_backend(pkg, "onnxruntime", precision)
+        assert choice.files == {"localise": "fp32", "segment": "int8-cpu"} and choice.precision == "int8"
+    assert "localiser float" in select_backend(pkg, "onnxruntime", "int8").reason
+    assert select_backend(pkg, "onnxruntime", "fp32").files == {"localise": "fp32", "segment": "fp32"}
