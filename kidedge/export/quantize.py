@@ -11,7 +11,7 @@ full-range weights (:func:`kidedge.environment.int8_pairs_saturate`); with VNNI,
 Arm the sums are 32-bit and the eighth bit is only precision. Measured on the built-in
 model on this machine's AVX-512 VNNI CPU, the same speed either way, and int8 against fp32
 kidney Dice on four bench scans -0.0006 to +0.0045 with 8 bits against -0.007 to -0.033
-with 7 (benchmarks/results/int8_weight_bits.md).
+with 7 (benchmarks/results/int8_variants.md).
 
 ``int8-trt``: what TensorRT's explicit quantisation consumes: QDQ, int8 activations and
 weights, both symmetric (zero point 0), weights per channel. TensorRT builds int8 kernels
