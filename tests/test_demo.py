@@ -17,8 +17,11 @@ def test_builtin_package_ships_verifies_and_is_small():
     pkg = ModelPackage.load(default_package_path())
     pkg.verify_hashes()
     assert pkg.is_cascade and [s.role for s in pkg.stages] == ["localise", "segment"]
-    for stage in pkg.stages:
-        assert {"fp32", "fp16", "int8-cpu"} <= set(stage.precisions)
+    localise, segment = pkg.stages
+    # export's int8 defaults: the localiser stays float, the segmenter's int8 has 8-bit weights
+    assert {"fp32", "fp16"} <= set(localise.precisions) and "int8-cpu" not in localise.precisions
+    assert {"fp32", "fp16", "int8-cpu", "int8-trt"} <= set(segment.precisions)
+    assert segment.files["int8-cpu"].extra["weight_bits"] == 8
     total = sum(p.stat().st_size for p in default_package_path().rglob("*") if p.is_file())
     assert total < 32e6, f"built-in package is {total / 1e6:.1f} MB"
     # Held-out metrics are recorded with the package (README quotes them).
