@@ -184,8 +184,10 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
         else:
             raise KidedgeError(f"unknown backend {backend!r} (one of {BACKENDS})")
         files[stage.name] = key
-        if stage_precision != precision:
-            notes.append(f"stage {stage.name!r} runs {key}: the package keeps its localiser float")
+    # int8 (asked, or taken by auto) beside a localiser the package keeps float: say so
+    floats = [st.name for st in package.stages if _float_localiser(package, st)]
+    if floats and any("int8" in files[st.name] for st in package.stages if st.name not in floats):
+        notes.extend(f"stage {name!r} runs {files[name]}: the package keeps its localiser float" for name in floats)
     if saturating:
         one, auto = len(saturating) == 1, precision == "auto"
         notes.append(f"{'' if auto else 'warning: '}{'stage' if one else 'stages'} {', '.join(saturating)} "

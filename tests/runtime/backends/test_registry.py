@@ -174,5 +174,6 @@ def test_int8_runs_a_float_localiser_in_fp32(tmp_path):
     for precision in ("int8", "auto"):
         choice = select_backend(pkg, "onnxruntime", precision)
         assert choice.files == {"localise": "fp32", "segment": "int8-cpu"} and choice.precision == "int8"
-    assert "localiser float" in select_backend(pkg, "onnxruntime", "int8").reason
+    assert all("localiser float" in select_backend(pkg, "onnxruntime", p).reason for p in ("int8", "auto"))
+    assert "localiser float" not in select_backend(pkg, "onnxruntime", "fp32").reason
     assert select_backend(pkg, "onnxruntime", "fp32").files == {"localise": "fp32", "segment": "fp32"}
