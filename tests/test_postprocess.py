@@ -186,7 +186,8 @@ def test_volume_errors():
 def test_dilate26_equals_binary_dilation_with_the_full_cube():
     from scipy import ndimage
 
-    from kidedge.postprocess import _CONNECTIVITY, _dilate26
+    from kidedge.components import _CONNECTIVITY
+    from kidedge.postprocess import _dilate26
 
     rng = np.random.default_rng(3)
     for shape in ((1, 1, 1), (2, 5, 3), (9, 11, 7)):
@@ -217,7 +218,7 @@ def test_label26_agrees_with_scipy_with_and_without_cc3d(monkeypatch):
     same components; KIDEDGE_CC=scipy forces scipy."""
     from scipy import ndimage
 
-    from kidedge.postprocess import label26
+    from kidedge.components import label26
 
     rng = np.random.default_rng(3)
     mask = ndimage.binary_opening(rng.random((30, 40, 50)) > 0.55)  # many blobs, some touching by corners

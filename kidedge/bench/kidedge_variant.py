@@ -46,9 +46,8 @@ class KidedgeRunner:
         if spec["backend"] == "onnxruntime" and choice.files and any(v != key for v in choice.files.values()):
             # The registry picks int8-cpu for int8 on a CPU; the bench also runs the other file
             # (in the stages that have it: a float localiser stays as the registry chose).
-            stages = {st.name: st for st in package.stages}
             choice = dataclasses.replace(choice, precision=key, files={
-                s: key if key in stages[s].files else f for s, f in choice.files.items()})
+                s: key if key in package.stage(s).files else f for s, f in choice.files.items()})
         self._stack = contextlib.ExitStack()
         self.segmenter = self._stack.enter_context(
             Segmenter(package, choice, batch=spec.get("batch"), threads=spec.get("threads")))

@@ -7,7 +7,7 @@ import dataclasses
 import importlib.util
 
 from kidedge.bench.scans import BenchScan
-from kidedge.runtime.backends.registry import has_nvidia_gpu
+from kidedge.runtime.backends.registry import float_localisers, has_nvidia_gpu
 
 #: A single run longer than this is stopped and reported as a failure.
 CHILD_TIMEOUT_S = 3600.0
@@ -78,8 +78,7 @@ def plan_variants(package, quick: bool = False, monai: bool | None = None, torch
             out.append(Variant("papers-wholeslice", "extra: papers' way, segmenter on every whole slice (paper 001)",
                                "baseline", "papers", expensive=True, region=False, extra=True))
     # int8 needs it in every stage but a float localiser, which int8 runs in fp32 (export's default)
-    float_loc = [st.name for st in package.stages if st.role == "localise" and not
-                 any(k.startswith("int8") for k in st.files)]
+    float_loc = float_localisers(package)
     int8_every = set.intersection(*(set(s.files) for s in package.stages if s.name not in float_loc))
     precisions = [p for p in ("fp32", "int8-cpu", "int8-trt", "fp16")
                   if p in every or (p.startswith("int8") and cascade and float_loc and p in int8_every)]

@@ -125,15 +125,16 @@ _SATURATION = ("int8-cpu has 8-bit weights and this x86 CPU has AVX2 without VNN
                "int8 kernel can saturate with them; re-export with --int8-cpu-weight-bits 7 for this CPU")
 
 
-def _float_localiser(package, stage: Stage) -> bool:
-    """A cascade's localiser without int8 beside an int8 stage: export keeps it float by
-    default (it decides the segmenter's crop), and int8 runs it in fp32 (fp16 on a GPU)."""
+def float_localisers(package) -> list[str]:
+    """Names of a cascade's localisers without int8 beside an int8 stage: export keeps the
+    localiser float by default (it decides the segmenter's crop), and int8 runs it in fp32
+    (fp16 on a GPU)."""
     def has_int8(st: Stage) -> bool:
         return any(k.startswith("int8") for k in st.files) or any(
             k.base_precision == "int8" for k in st.plan_keys.values())
 
-    return stage.role == "localise" and not has_int8(stage) and any(
-        has_int8(st) for st in package.stages if st is not stage)
+    return [st.name for st in package.stages if st.role == "localise" and not has_int8(st) and any(
+        has_int8(other) for other in package.stages if other is not st)]
 
 
 def _resolve_files(package, backend: str, device: str, precision: str, dla_core: int | None = None,
@@ -146,10 +147,10 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
     ``--precision int8`` runs int8 with a warning in ``notes``.
     """
     notes = [] if notes is None else notes
-    files, saturating = {}, []
+    files, saturating, floats = {}, [], float_localisers(package)
     for stage in package.stages:
         # int8 asked of a float localiser: its float model, as auto would take
-        stage_precision = "auto" if precision == "int8" and _float_localiser(package, stage) else precision
+        stage_precision = "auto" if precision == "int8" and stage.name in floats else precision
         if backend == "onnxruntime":
             keys = _onnx_keys(device, stage_precision)
             key = next((k for k in keys if k in stage.files), None)
@@ -185,7 +186,6 @@ def _resolve_files(package, backend: str, device: str, precision: str, dla_core:
             raise KidedgeError(f"unknown backend {backend!r} (one of {BACKENDS})")
         files[stage.name] = key
     # int8 (asked, or taken by auto) beside a localiser the package keeps float: say so
-    floats = [st.name for st in package.stages if _float_localiser(package, st)]
     if floats and any("int8" in files[st.name] for st in package.stages if st.name not in floats):
         notes.extend(f"stage {name!r} runs {files[name]}: the package keeps its localiser float" for name in floats)
     if saturating:
