@@ -48,12 +48,6 @@ VARIANTS = {
 }
 
 
-def _labels(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    return np.asarray(nib.load(str(path)).dataobj)
-
-
 def _run(image: Path, package: Path, precision: str, out: Path) -> dict:
     from kidedge.bench.measure import measure
 
@@ -66,6 +60,7 @@ def _run(image: Path, package: Path, precision: str, out: Path) -> dict:
 
 def scan_rows(packages: dict[str, Path], scans: list[Path], repeats: int, work: Path) -> list[dict]:
     """Per scan: fp32's Dice against the truth, and per package int8 - fp32 and int8 seconds."""
+    from kidedge.bench.run import _load_labels as _labels
     from kidedge.bench.summary import hierarchical_dice
 
     rows = []
@@ -114,14 +109,13 @@ def phantom_rows(packages: dict[str, Path], data: str, split: str, part: str) ->
 def real_ct_rows(packages: dict[str, Path]) -> list[dict]:
     """Raw-label agreement of int8 with fp32 on the real CTs present (numbers only)."""
     from kidedge.bench.real_ct import IRCADB, SAMPLE, raw_labels
+
+    # all labels ("kidney") and tumour + cyst ("masses"), both empty: None
+    from kidedge.bench.summary import hierarchical_dice
     from kidedge.io import load_scan
     from kidedge.package import ModelPackage
     from kidedge.runtime.backends.registry import select_backend
     from kidedge.runtime.engine import Segmenter
-
-    def dice(a, b) -> float | None:
-        s = int(a.sum()) + int(b.sum())
-        return None if s == 0 else round(2.0 * int((a & b).sum()) / s, 4)
 
     def raw(pkg: Path, precision: str, scan) -> np.ndarray:
         package = ModelPackage.load(pkg)
@@ -138,8 +132,8 @@ def real_ct_rows(packages: dict[str, Path]) -> list[dict]:
         row = {"scan": name, "fp32_labelled_ml": round(float((ref > 0).sum()) * voxel_ml, 1), "packages": {}}
         for label, pkg in packages.items():
             lab = raw(pkg, "int8", scan)
-            row["packages"][label] = {"labels_dice_vs_fp32": dice(lab > 0, ref > 0),
-                                      "masses_dice_vs_fp32": dice(lab >= 2, ref >= 2),
+            agree = hierarchical_dice(lab, ref)
+            row["packages"][label] = {"labels_dice_vs_fp32": agree["kidney"], "masses_dice_vs_fp32": agree["masses"],
                                       "labelled_ml": round(float((lab > 0).sum()) * voxel_ml, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
