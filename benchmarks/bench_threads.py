@@ -1,6 +1,6 @@
 """Thread settings of kidedge infer on a small CPU: one onnxruntime call at a time on 1 or 2
 intra-op threads (busy-waiting between operators, "spinning", or not), against two
-one-thread calls side by side (the pipeline's opt-in parallel calls), on one scan.
+one-thread calls side by side (the pipeline's parallel calls, the default), on one scan.
 
 Why: on 2 cores the engine shares the CPU with the pipeline's reader and labeller threads
 (kidedge/runtime/pipeline.py); a spinning pool burns the cycles those threads need, and a
@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 SETTINGS = {  # name: (threads, KIDEDGE_ORT_SPIN, KIDEDGE_PARALLEL_CALLS)
-    "2 one-thread calls side by side": (2, "0", "2"),
-    "1 call at a time, 2 threads, no spinning (default)": (2, "0", "1"),
+    "2 one-thread calls side by side (default)": (2, "0", "2"),
+    "1 call at a time, 2 threads, no spinning": (2, "0", "1"),
     "1 call at a time, 2 threads, spinning": (2, "1", "1"),
     "1 call at a time, 1 thread": (1, "0", "1"),
 }

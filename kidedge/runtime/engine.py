@@ -160,7 +160,7 @@ class Segmenter:
             calls, threads = 1, self.threads
             if self.choice.backend == "onnxruntime" and self.choice.device == "cpu" and not self.is_3d:
                 # 2D slices stream through the pipeline's micro-batches, which may run side
-                # by side (opt-in: KIDEDGE_PARALLEL_CALLS)
+                # by side (registry.cpu_parallel_calls: two by default, KIDEDGE_PARALLEL_CALLS)
                 calls, threads = cpu_parallel_calls(self.threads)
             for stage in ([self.localiser] if self.localiser else []) + [self.segmenter]:
                 backend = create_backend(self.choice, self.package, stage, max_batch=self.batch,

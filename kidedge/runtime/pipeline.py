@@ -8,9 +8,9 @@ One stage of a package runs over a scan as three workers joined by bounded queue
 
 Where the engine runs calls side by side (``Backend.parallel_calls`` > 1: onnxruntime on
 CPU, one thread per call), the main thread hands micro-batches in turn to that many
-inference threads, and the labeller puts their logits back in slice order (opt-in,
-``KIDEDGE_PARALLEL_CALLS``: on the quiet 2-core machine it was not reliably faster than one
-two-thread call at a time, benchmarks/results/cpu-2core-amd-epyc/threads.md).
+inference threads, and the labeller puts their logits back in slice order (two calls by
+default, :func:`kidedge.runtime.backends.registry.cpu_parallel_calls`: on the 2-core machine
+faster than one two-thread call at a time, benchmarks/results/cpu-2core-amd-epyc/threads.md).
 
 The queues hold at most ``queue_depth`` slabs (input) and ``queue_depth`` micro-batches
 (logits), so memory stays bounded by a few slabs whatever the scan's length, and

@@ -297,20 +297,26 @@ def default_threads() -> int | None:
 #: At most this many side-by-side infer calls (:func:`cpu_parallel_calls`): more would only
 #: multiply the micro-batches in flight (memory) on a many-core machine.
 MAX_PARALLEL_CALLS = 4
+#: Side-by-side calls by default (where there are at least as many threads).
+DEFAULT_PARALLEL_CALLS = 2
 
 
 def cpu_parallel_calls(threads: int | None) -> tuple[int, int | None]:
     """``(calls, threads per call)`` for a 2D package on onnxruntime's CPU provider.
 
-    By default one call at a time on all ``threads``: on the quiet 2-core machine two
-    one-thread calls side by side were not reliably faster (two runs of 3 on the 602-slice
-    bench scan: medians 4.27 s against 3.98 s, then 3.76 s against 4.35 s;
-    benchmarks/results/cpu-2core-amd-epyc/threads.md). ``KIDEDGE_PARALLEL_CALLS``
-    = N runs N calls side by side, the ``threads`` (or the usable cores) shared among them;
-    ``auto``: ``threads`` one-thread calls, or one call per usable core up to
-    :data:`MAX_PARALLEL_CALLS`. Side by side was faster only while other work loaded the
-    cores (one 2-thread call then waits for whichever thread the scheduler took away); that
-    was seen, not benchmarked.
+    By default two calls side by side, the ``threads`` (or the usable cores) shared between
+    them; one call on all of them where there is a single thread. Why: the pipeline's reader
+    and labeller threads share the cores with the engine, and an onnxruntime call on two
+    intra-op threads waits at every operator for whichever of its threads the scheduler
+    took away, while two one-thread calls each go on at their own pace. On the 2-core
+    machine, the 602-slice bench scan, alternating fresh-process runs (int8, gated; same
+    labels): medians 3.14 s side by side against 3.55 s one two-thread call at a time, with
+    less CPU time (5.75 against 6.34 s; 5 runs each, benchmarks/results/cpu-2core-amd-epyc/
+    threads.md), 3.51 against 3.90 s (4 each) and 3.21 against 3.51 s (6 each) the same day;
+    two runs of 3 on an earlier day gave 4.27 against 3.98 s and 3.76 against 4.35 s.
+    Measured on 2 cores only. ``KIDEDGE_PARALLEL_CALLS`` = N runs N calls side by side
+    (``1``: one call at a time on all threads); ``auto``: ``threads`` one-thread calls, or
+    one call per usable core up to :data:`MAX_PARALLEL_CALLS`.
     """
     v = os.environ.get("KIDEDGE_PARALLEL_CALLS", "")
     if v == "auto":
@@ -319,5 +325,6 @@ def cpu_parallel_calls(threads: int | None) -> tuple[int, int | None]:
         cores = usable_cores()
         calls = max(1, min(cores, MAX_PARALLEL_CALLS))
         return calls, max(1, cores // calls)
-    calls = int(v) if v.isdigit() and int(v) > 0 else 1
-    return calls, (threads if calls == 1 else max(1, (threads or usable_cores()) // calls))
+    total = threads or usable_cores()
+    calls = int(v) if v.isdigit() and int(v) > 0 else min(DEFAULT_PARALLEL_CALLS, max(1, total))
+    return calls, (threads if calls == 1 else max(1, total // calls))

@@ -102,7 +102,14 @@ def test_cpu_parallel_calls(monkeypatch):
 
     monkeypatch.delenv("KIDEDGE_PARALLEL_CALLS", raising=False)
     monkeypatch.setattr(registry, "usable_cores", lambda: 2)
-    # default: one call at a time on all the threads (faster on the quiet 2-core machine)
+    # default: two calls side by side, the threads shared; one call where there is one thread
+    assert registry.cpu_parallel_calls(None) == (2, 1)
+    assert registry.cpu_parallel_calls(2) == (2, 1)
+    assert registry.cpu_parallel_calls(1) == (1, 1)
+    monkeypatch.setattr(registry, "usable_cores", lambda: 1)
+    assert registry.cpu_parallel_calls(None) == (1, None)
+    monkeypatch.setattr(registry, "usable_cores", lambda: 2)
+    monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", "1")  # one call at a time on all the threads
     assert registry.cpu_parallel_calls(None) == (1, None)
     assert registry.cpu_parallel_calls(2) == (1, 2)
     monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", "auto")
@@ -112,6 +119,8 @@ def test_cpu_parallel_calls(monkeypatch):
     assert registry.cpu_parallel_calls(None) == (4, 4)  # at most 4 calls, the cores shared
     monkeypatch.setenv("KIDEDGE_PARALLEL_CALLS", "2")
     assert registry.cpu_parallel_calls(None) == (2, 8)
+    monkeypatch.delenv("KIDEDGE_PARALLEL_CALLS")
+    assert registry.cpu_parallel_calls(None) == (2, 8)  # the default on 16 cores
     assert registry.cpu_parallel_calls(2) == (2, 1)
 
 
