@@ -262,3 +262,33 @@ def test_gap_between_components_equals_the_distance_transform():
         else:
             assert got >= expect - 1e-9
     assert near >= 3
+
+
+def test_components_described_a_few_slices_at_a_time_as_whole(monkeypatch):
+    """The review describes each component's box a few slices at a time (memory): the
+    findings equal those of one pass over the whole box, and match the voxels' own count,
+    centroid, extent and leftness."""
+    import kidedge.kidney_review as kr
+
+    lab = normal_pair()
+    ellipsoid(lab, 1, (20, KIDNEY_ROW, LEFT_COL + 45), (15, 12, 12))
+    ellipsoid(lab, 2, (30, KIDNEY_ROW, RIGHT_COL), (12, 10, 10))
+    ellipsoid(lab, 1, (20, 70, RIGHT_COL), (18, 10, 15))
+    runs = {}
+    for slices in (1, 7, 10_000):
+        monkeypatch.setattr(kr, "_DESCRIBE_SLICES", slices)
+        ids, comps = kr._components(lab, np.array([3, 4, 5]), AFFINE, VOXEL_ML)
+        runs[slices] = comps
+    for c in runs[10_000]:
+        pts = np.argwhere(ids == c["id"]) + [3, 4, 5]
+        assert c["voxels"] == len(pts)
+        np.testing.assert_array_equal(c["centroid"], pts.mean(axis=0))
+        np.testing.assert_array_equal(c["lo"], pts.min(axis=0))
+        np.testing.assert_array_equal(c["hi"], pts.max(axis=0))
+        np.testing.assert_array_equal(c["lefts"], -(pts @ AFFINE[0, :3] + AFFINE[0, 3]))
+    for slices in (1, 7):
+        assert len(runs[slices]) == len(runs[10_000]) == 4
+        for a, b in zip(runs[slices], runs[10_000], strict=True):
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
