@@ -233,11 +233,11 @@ def test_real_masses_nearest_the_thresholds_are_kept():
 
 
 def test_gap_between_components_equals_the_distance_transform():
-    """_gap_mm (surface voxels in a k-d tree) measures what a distance transform of the
+    """gap_mm (surface voxels in a k-d tree) measures what a distance transform of the
     window measures: the shortest voxel-centre distance, with anisotropic spacing."""
     from scipy import ndimage
 
-    from kidedge.kidney_review import _gap_mm
+    from kidedge.component_geometry import gap_mm
     from kidedge.postprocess import label26
 
     rng = np.random.default_rng(5)
@@ -255,8 +255,8 @@ def test_gap_between_components_equals_the_distance_transform():
         info = {i: {"id": i, "lo": np.argwhere(comp == i).min(0), "hi": np.argwhere(comp == i).max(0)} for i in ids}
         dist = ndimage.distance_transform_edt(comp != ids[0], sampling=spacing)
         expect = float(dist[comp == ids[1]].min())
-        got = _gap_mm(info[ids[1]], info[ids[0]], comp, np.zeros(3, int), spacing)
-        if expect <= 15.0:  # PIECE_GAP_MM: farther away only "farther than that" is promised
+        got = gap_mm(info[ids[1]], info[ids[0]], comp, np.zeros(3, int), spacing, 15.0)
+        if expect <= 15.0:  # within_mm: farther away only "farther than that" is promised
             near += 1
             assert got == pytest.approx(expect)
         else:
@@ -268,7 +268,7 @@ def test_components_described_a_few_slices_at_a_time_as_whole(monkeypatch):
     """The review describes each component's box a few slices at a time (memory): the
     findings equal those of one pass over the whole box, and match the voxels' own count,
     centroid, extent and leftness."""
-    import kidedge.kidney_review as kr
+    import kidedge.component_geometry as geometry
 
     lab = normal_pair()
     ellipsoid(lab, 1, (20, KIDNEY_ROW, LEFT_COL + 45), (15, 12, 12))
@@ -276,8 +276,8 @@ def test_components_described_a_few_slices_at_a_time_as_whole(monkeypatch):
     ellipsoid(lab, 1, (20, 70, RIGHT_COL), (18, 10, 15))
     runs = {}
     for slices in (1, 7, 10_000):
-        monkeypatch.setattr(kr, "_DESCRIBE_SLICES", slices)
-        ids, comps = kr._components(lab, np.array([3, 4, 5]), AFFINE, VOXEL_ML)
+        monkeypatch.setattr(geometry, "DESCRIBE_SLICES", slices)
+        ids, comps = geometry.describe_components(lab, np.array([3, 4, 5]), AFFINE, VOXEL_ML)
         runs[slices] = comps
     for c in runs[10_000]:
         pts = np.argwhere(ids == c["id"]) + [3, 4, 5]
