@@ -142,6 +142,17 @@ def backend_description() -> dict:
     return backends
 
 
+def cpu_inference_calls() -> dict:
+    """How onnxruntime on this CPU runs a 2D stage: ``calls`` side by side, ``threads``
+    each (:func:`kidedge.runtime.backends.registry.cpu_parallel_calls` with the default or
+    ``KIDEDGE_THREADS``; ``KIDEDGE_PARALLEL_CALLS`` changes it)."""
+    from kidedge.runtime.backends.registry import cpu_parallel_calls, default_threads
+
+    threads = default_threads()
+    calls, per_call = cpu_parallel_calls(threads)
+    return {"calls": calls, "threads_per_call": per_call or max(1, (threads or usable_cores()) // calls)}
+
+
 def describe() -> dict:
     libs = {name: _version(mod) for name, mod in (
         ("numpy", "numpy"), ("nibabel", "nibabel"), ("scipy", "scipy"), ("click", "click"),
@@ -154,7 +165,7 @@ def describe() -> dict:
         "platform": platform.platform(),
         "libraries": libs,
         "backends": backend_description(),
-        "cpu": cpu_description(),
+        "cpu": {**cpu_description(), "onnxruntime_calls": cpu_inference_calls()},
         "jetson": jetson_model(),
         "gpus": gpu_description(),
     }
@@ -191,6 +202,13 @@ def format_description(d: dict) -> str:
                              "(export with --int8-cpu-weight-bits 7 for this CPU)" if int8_pairs_saturate(d["cpu"])
                              else "8-bit int8-cpu weights run as int8"),
     ]
+    calls = d["cpu"].get("onnxruntime_calls")
+    if calls:
+        n, t = calls["calls"], calls["threads_per_call"]
+        how = f"{n} calls side by side" if n > 1 else "one call at a time"
+        each = " each" if n > 1 else ""
+        lines.append(f"  onnxruntime on CPU: {how}, {t} thread{'s' if t > 1 else ''}{each} "
+                     "(KIDEDGE_PARALLEL_CALLS, KIDEDGE_THREADS)")
     if d["jetson"]:
         lines.append(f"jetson: {d['jetson']}")
     if d["gpus"]:

@@ -24,9 +24,12 @@ def test_info_reports_environment_as_text_and_json():
     text = runner.invoke(cli.main, ["info"])
     assert text.exit_code == 0 and "onnxruntime" in text.output and "cpu:" in text.output
     assert "int8 on CPU: " in text.output
+    assert "onnxruntime on CPU: " in text.output
     data = json.loads(runner.invoke(cli.main, ["info", "--json"]).output)
     assert "CPUExecutionProvider" in data["backends"]["onnxruntime"]["providers"]
     assert data["cpu"]["logical_cores"] >= 1
+    calls = data["cpu"]["onnxruntime_calls"]
+    assert calls["calls"] >= 1 and calls["threads_per_call"] >= 1
 
 
 @pytest.mark.parametrize("sets, saturates", [
