@@ -143,14 +143,14 @@ def backend_description() -> dict:
 
 
 def cpu_inference_calls() -> dict:
-    """How onnxruntime on this CPU runs a 2D stage: ``calls`` side by side, ``threads``
-    each (:func:`kidedge.runtime.backends.registry.cpu_parallel_calls` with the default or
-    ``KIDEDGE_THREADS``; ``KIDEDGE_PARALLEL_CALLS`` changes it)."""
+    """How onnxruntime on this CPU runs a 2D stage: ``calls`` side by side,
+    ``threads_per_call`` each (None: onnxruntime's own default, one per physical core), as
+    :func:`kidedge.runtime.backends.registry.cpu_parallel_calls` decides with
+    ``KIDEDGE_THREADS`` and ``KIDEDGE_PARALLEL_CALLS``."""
     from kidedge.runtime.backends.registry import cpu_parallel_calls, default_threads
 
-    threads = default_threads()
-    calls, per_call = cpu_parallel_calls(threads)
-    return {"calls": calls, "threads_per_call": per_call or max(1, (threads or usable_cores()) // calls)}
+    calls, per_call = cpu_parallel_calls(default_threads())
+    return {"calls": calls, "threads_per_call": per_call}
 
 
 def describe() -> dict:
@@ -206,9 +206,9 @@ def format_description(d: dict) -> str:
     if calls:
         n, t = calls["calls"], calls["threads_per_call"]
         how = f"{n} calls side by side" if n > 1 else "one call at a time"
-        each = " each" if n > 1 else ""
-        lines.append(f"  onnxruntime on CPU: {how}, {t} thread{'s' if t > 1 else ''}{each} "
-                     "(KIDEDGE_PARALLEL_CALLS, KIDEDGE_THREADS)")
+        threads = ("onnxruntime's default threads (one per physical core)" if t is None else
+                   f"{t} thread{'s' if t > 1 else ''}{' each' if n > 1 else ''}")
+        lines.append(f"  onnxruntime on CPU: {how}, {threads} (KIDEDGE_PARALLEL_CALLS, KIDEDGE_THREADS)")
     if d["jetson"]:
         lines.append(f"jetson: {d['jetson']}")
     if d["gpus"]:
