@@ -5,10 +5,14 @@ Why: a TensorRT engine runs only the input shapes its optimisation profiles admi
 DLA engine only the exact shapes it was built for (min = opt = max). The segmenter of a
 cascade sees a different crop for every scan (the kidney box of that patient, at the
 stage's own pixel spacing), so one profile built from one example cannot run it. Instead
-the package lists a small set of buckets per stage (manifest ``stage.input.buckets``);
-export builds one profile per bucket, and the runtime pads each crop (bottom and right,
+the package lists a small set of buckets per stage (manifest ``stage.input.buckets``) and
+export builds one profile per bucket. A DLA plan's profile (and a plan built before GPU
+profiles took ranges) runs only its bucket: the runtime pads each crop (bottom and right,
 with the window's low value, exactly as ``pad_multiple`` padding) to the smallest bucket
-that holds it.
+that holds it. A GPU 2D plan's profile admits every size from ``pad_multiple`` up to its
+bucket, so there the crop is padded to a multiple of ``pad_multiple`` only: padding the
+built-in segmenter's crops to their buckets cost kidney Dice (mean 0.833 against 0.861 on
+7 phantom scans, benchmarks/results/cpu-2core-amd-epyc/bucket_context.md).
 
 The bucket list of a stage follows from its preprocessing spec (:func:`stage_buckets`):
 

@@ -310,7 +310,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                     say(f"stage {sname}: {variant} argmax agreement {parity[variant]['argmax_agreement']:.4f}")
                 report["quantisation"].setdefault(sname, {}).update(q)
 
-            # 4. TensorRT: one optimisation profile per input shape bucket.
+            # 4. TensorRT: one optimisation profile per input shape bucket (2D: each up to it).
             from kidedge.export.tensorrt_build import input_buckets
 
             buckets = input_buckets(spec, x.shape, dim, (tensorrt_settings or {}).get("buckets"))
@@ -323,7 +323,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
 
                     extra["batch"] = TRT_BATCHES[-1]  # one bucket, the patch; a few windows per call
                 settings = stage_build_settings(int(x.shape[1]), buckets, int(x.shape[2]) if dim == "3d" else None,
-                                                **extra)
+                                                **{"min_side": spec.pad_multiple if dim == "2d" else None, **extra})
                 onnx_for = {"fp16": fp32_path}
                 if "int8-trt" in files:
                     onnx_for["int8"] = sdir / "int8-trt.onnx"

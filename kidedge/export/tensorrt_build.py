@@ -1,5 +1,5 @@
 """TensorRT engines (plans) from the package's ONNX files: one optimisation profile per
-input shape bucket.
+input shape bucket (GPU 2D plans: each admitting every smaller size).
 
 Written to the TensorRT 10 Python API. Each call was checked against NVIDIA's
 documentation; the page is named beside the call (``py-api/`` abbreviates docs.nvidia.com/
@@ -13,17 +13,24 @@ shapes. Every one is checked here.
 
 Profiles and batch (why this shape of engine):
 
-* The runtime pads every input to one of the stage's shape buckets
-  (:mod:`kidedge.shape_buckets`); each bucket gets its own profile whose spatial size has
-  min = opt = max, so TensorRT tunes kernels for exactly the shapes that run ("The builder
-  selects the kernels that result in the lowest runtime for the optimum input tensor
-  dimensions, and are valid for all input tensor sizes in the valid range":
-  py-api/infer/Core/OptimizationProfile.html).
+* Each of the stage's shape buckets (:mod:`kidedge.shape_buckets`) gets its own profile,
+  tuned for the bucket (opt = max = the bucket: "The builder selects the kernels that
+  result in the lowest runtime for the optimum input tensor dimensions, and are valid for
+  all input tensor sizes in the valid range": py-api/infer/Core/OptimizationProfile.html).
+* GPU 2D plans: a profile's spatial range runs from ``min_side`` (the stage's
+  ``pad_multiple``) up to its bucket, so the runtime pads a crop only to a multiple of 32,
+  as for ONNX Runtime, and the backend runs it in the smallest profile that admits it.
+  Padding each crop to its bucket with the window's low value instead cost the built-in
+  segmenter kidney Dice (mean 0.833 against 0.861 on 7 phantom scans, ONNX Runtime fed the
+  same inputs standing in for TensorRT: benchmarks/results/cpu-2core-amd-epyc/
+  bucket_context.md), and does more work (66% more pixels on average,
+  benchmarks/results/shape_buckets.md). Plans built before this had fixed-size profiles; the
+  runtime still pads to their buckets.
 * GPU plans: batch is dynamic within each profile, min 1, opt = max = the runtime's
   micro-batch (default 16, ``kidedge infer``'s GPU default). Full micro-batches run at the
   tuned shape; the last, partial one of a scan runs without padding. Larger ``--batch`` is
   split by the backend.
-* DLA plans: fixed batch (min = opt = max), because "DLA does not support dynamic
+* DLA plans and 3D windows: fixed sizes. DLA also a fixed batch (min = opt = max), because "DLA does not support dynamic
   dimensions, so the profile's min, max, and opt values must be equal for wildcard
   dimensions. The runtime dimensions must be the same as the dimensions used for
   building" (guide/dla-layer-restrictions.html); the backend pads a partial micro-batch
@@ -144,6 +151,8 @@ class BuildSettings:
         depth: 3D stages: slices per block (input NCDHW); None for 2D.
         workspace_bytes: builder workspace memory pool limit.
         dla_core: build for this Jetson DLA core (with GPU fallback); None for GPU only.
+        min_side: GPU 2D plans: each profile admits heights and widths from this up to its
+            bucket (the stage's ``pad_multiple``); None: the bucket's size only.
     """
 
     precision: str
@@ -153,6 +162,7 @@ class BuildSettings:
     depth: int | None = None
     workspace_bytes: int = DEFAULT_WORKSPACE
     dla_core: int | None = None
+    min_side: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp16", "int8", "fp32"):
@@ -163,6 +173,8 @@ class BuildSettings:
         if not buckets or any(min(b) < 1 for b in buckets) or len(set(buckets)) != len(buckets):
             raise KidedgeError(f"TensorRT build needs distinct positive input buckets, got {list(self.buckets)}")
         object.__setattr__(self, "buckets", buckets)
+        if self.min_side is not None and not 1 <= int(self.min_side) <= min(min(b) for b in buckets):
+            raise KidedgeError(f"TensorRT profiles' smallest side must be 1 to the smallest bucket side, got {self.min_side}")
         if self.dla_core is not None:
             if self.precision == "fp32":
                 raise KidedgeError("DLA runs fp16 or int8 only; pick --precision fp16 or int8 for a DLA build")
@@ -176,8 +188,9 @@ def profile_shapes(s: BuildSettings) -> list[dict]:
     """One ``{"bucket", "min", "opt", "max"}`` per bucket, in profile-index order."""
     lo = s.batch if s.dla_core is not None else 1  # DLA: no dynamic dimensions at all
     lead = (s.channels,) if s.depth is None else (s.channels, int(s.depth))
-    return [{"bucket": (h, w), "min": (lo, *lead, h, w), "opt": (s.batch, *lead, h, w),
-             "max": (s.batch, *lead, h, w)} for h, w in s.buckets]
+    ranged = s.min_side is not None and s.dla_core is None and s.depth is None
+    return [{"bucket": (h, w), "min": (lo, *lead, *((s.min_side, s.min_side) if ranged else (h, w))),
+             "opt": (s.batch, *lead, h, w), "max": (s.batch, *lead, h, w)} for h, w in s.buckets]
 
 
 def network_flags(trt, precision: str, dla: bool = False) -> int:
@@ -330,7 +343,8 @@ def build_stage_plans(stage_dir: Path, rel_dir: str, onnx_files: dict[str, Path]
 
 def stage_build_settings(channels: int, buckets: Sequence[Sequence[int]], depth: int | None = None,
                          **extra) -> dict:
-    """The ``settings`` of :func:`build_stage_plans` for a stage (extra: batch, dla_core, ...)."""
+    """The ``settings`` of :func:`build_stage_plans` for a stage (extra: batch, dla_core,
+    min_side, ...)."""
     return {"channels": int(channels), "buckets": tuple((int(h), int(w)) for h, w in buckets),
             "depth": None if depth is None else int(depth), **extra}
 

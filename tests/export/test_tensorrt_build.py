@@ -139,6 +139,20 @@ def test_one_profile_per_bucket_with_dynamic_batch_on_gpu():
     assert shapes[1] == {"bucket": (64, 96), "min": (1, 3, 64, 96), "opt": (16, 3, 64, 96), "max": (16, 3, 64, 96)}
 
 
+def test_gpu_2d_profiles_admit_every_size_up_to_their_bucket():
+    """min_side (the stage's pad_multiple): the runtime then pads crops to a multiple of 32
+    only, not to a bucket; DLA and 3D plans keep fixed sizes."""
+    s = BuildSettings("int8", channels=1, buckets=BUCKETS, batch=16, min_side=32)
+    for p in profile_shapes(s):
+        assert p["min"] == (1, 1, 32, 32) and p["opt"] == p["max"] == (16, 1, *p["bucket"])
+    dla = BuildSettings("int8", channels=1, buckets=BUCKETS, batch=4, dla_core=0, min_side=32)
+    assert all(p["min"] == p["max"] for p in profile_shapes(dla))
+    three_d = BuildSettings("fp16", channels=1, buckets=((128, 128),), batch=2, depth=16, min_side=32)
+    assert profile_shapes(three_d)[0]["min"] == (1, 1, 16, 128, 128)
+    with pytest.raises(KidedgeError, match="smallest side"):
+        BuildSettings("fp16", channels=1, buckets=BUCKETS, min_side=96)
+
+
 def test_dla_profiles_are_fully_fixed():
     s = BuildSettings("int8", channels=1, buckets=BUCKETS, batch=4, dla_core=0)
     for p in profile_shapes(s):
@@ -336,7 +350,8 @@ def test_real_tensorrt_build_has_one_profile_per_bucket(tmp_path):
 
 def test_export_records_buckets_and_builds_one_profile_per_bucket(tmp_path, run_dir, monkeypatch):
     """export_run --tensorrt against the recording stand-in: the manifest lists the stage's
-    buckets and every plan has one profile per bucket, GPU and DLA alike."""
+    buckets and every plan has one profile per bucket, GPU and DLA alike (the GPU plan's
+    admitting every size up to its bucket)."""
     from kidedge.export import tensorrt_build
     from kidedge.export.package_writer import export_run
     from kidedge.package import ModelPackage
@@ -353,9 +368,13 @@ def test_export_records_buckets_and_builds_one_profile_per_bucket(tmp_path, run_
     assert stage.input.buckets == ((64, 64), (96, 96))
     plans = stage.plans
     assert len(plans) == 2 and {e.extra["dla_core"] for e in plans.values()} == {None, 0}
+    pad = stage.preprocess.pad_multiple
     for entry in plans.values():
         assert [list(p["bucket"]) for p in entry.extra["profiles"]] == [[64, 64], [96, 96]]
         assert (out / entry.path).read_bytes() == b"plan-bytes"
+        mins = [list(p["min"][-2:]) for p in entry.extra["profiles"]]
+        # the GPU plan's profiles take every size from pad_multiple up; DLA's only the bucket
+        assert mins == ([[pad, pad]] * 2 if entry.extra["dla_core"] is None else [[64, 64], [96, 96]])
     assert len(trt.profiles()) == 4  # two plans x two buckets
     # Without --tensorrt the stage's default buckets are still recorded (a 96x96 stage: one).
     out2 = tmp_path / "pkg2"

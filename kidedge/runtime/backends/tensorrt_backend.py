@@ -1,5 +1,6 @@
 """TensorRT backend: a serialized engine (plan) run with pycuda buffers and one stream,
-one optimisation profile per input shape bucket.
+one optimisation profile per input shape bucket (a GPU 2D plan's profiles admit every size
+up to their bucket; older plans' and DLA plans' only the bucket itself).
 
 Written to the TensorRT 10 API (named tensors: ``num_io_tensors`` / ``get_tensor_name`` /
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``; the binding API was
@@ -28,9 +29,12 @@ the Python bindings' sources, NVIDIA/TensorRT python/src/infer/pyCore.cpp):
   c-api/classnvinfer1_1_1_i_execution_context.html ``setInputShape``/``enqueueV3``):
   every result checked; ``context.get_tensor_shape(out)`` after the input shape is set.
 
-A shape that is not one of the engine's buckets is refused in one line
-(:class:`KidedgeError`): the runtime pads every input to a bucket first, so this only
-happens with a package whose plans do not match its manifest. GPU out-of-memory (pycuda's
+Profiles of a fixed size are the engine's :attr:`input_buckets`: the runtime pads every
+input to one of them. A plan whose profiles take a range of sizes (kidedge's GPU 2D plans)
+has none: the runtime pads to a multiple of 32 and each input runs in the smallest profile
+that admits it. A shape no profile admits is refused in one line (:class:`KidedgeError`):
+a crop wider than the largest bucket, or a package whose plans do not match its manifest.
+GPU out-of-memory (pycuda's
 ``MemoryError``, or a failed allocation reported by TensorRT) is raised as
 :class:`BackendOutOfMemory`, which the engine answers by retrying the scan at a smaller
 micro-batch.
@@ -284,8 +288,8 @@ class TensorRTBackend(Backend):
         prof = profile_for(self.profiles, tuple(x.shape[1:]))
         if prof is None:
             have = describe(p.bucket for p in self.profiles)
-            raise KidedgeError(f"{self.plan_path.name}: input {x.shape[-2]}x{x.shape[-1]} is not one of the plan's "
-                               f"input buckets ({have}); the package's buckets and plans disagree")
+            raise KidedgeError(f"{self.plan_path.name}: no profile of the plan admits input {x.shape[-2]}x{x.shape[-1]} "
+                               f"(its input buckets: {have}); use --backend onnxruntime")
         lo, hi = prof.batch_range
         if x.shape[0] > hi:  # split at the profile's batch limit, reusing the same buffers
             return np.concatenate([self._infer(x[i:i + hi]) for i in range(0, x.shape[0], hi)])

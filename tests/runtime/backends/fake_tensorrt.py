@@ -225,9 +225,11 @@ class FakeTensorRT(types.ModuleType):
         return np.dtype(dtype).type
 
 
-def write_plan(path, buckets, batch=(1, 4), classes=2, channels=1, dtype="float32"):
-    """A fake plan with one profile per bucket, batch ``(min, max)``."""
-    profiles = [[[batch[0], channels, h, w], [batch[1], channels, h, w]] for h, w in buckets]
+def write_plan(path, buckets, batch=(1, 4), classes=2, channels=1, dtype="float32", min_side=None):
+    """A fake plan with one profile per bucket, batch ``(min, max)``; with ``min_side``
+    each profile admits heights and widths from it up to its bucket."""
+    lo = (lambda h, w: (h, w)) if min_side is None else (lambda h, w: (min_side, min_side))
+    profiles = [[[batch[0], channels, *lo(h, w)], [batch[1], channels, h, w]] for h, w in buckets]
     path.write_text(json.dumps({"profiles": profiles, "classes": classes, "dtype": dtype}))
     return path
 

@@ -68,9 +68,25 @@ def test_each_bucket_runs_on_its_profile_selected_on_the_stream(tmp_path, fake):
 def test_shape_outside_the_buckets_is_refused_in_one_line(tmp_path, fake):
     fake()
     with TensorRTBackend(write_plan(tmp_path / "p.plan", BUCKETS)) as be:
-        with pytest.raises(KidedgeError, match=r"input 80x80 is not one of the plan's input buckets \(64x64, 64x96, 96x96\)") as exc:
+        with pytest.raises(KidedgeError, match=r"no profile of the plan admits input 80x80 \(its input buckets: "
+                                               r"64x64, 64x96, 96x96\); use --backend onnxruntime") as exc:
             be.infer(_x(1, 80, 80))
         assert "\n" not in str(exc.value)
+
+
+def test_a_plan_whose_profiles_take_every_size_up_to_their_bucket(tmp_path, fake):
+    """kidedge's GPU 2D plans: no fixed input buckets (the runtime pads to a multiple of 32
+    only); each input runs in the smallest profile that admits it; larger is refused."""
+    trt, _ = fake()
+    with TensorRTBackend(write_plan(tmp_path / "p.plan", BUCKETS, min_side=32)) as be:
+        assert be.input_buckets == []
+        for shape, profile in (((32, 64), 0), ((64, 96), 1), ((96, 64), 2), ((32, 96), 1)):
+            x = _x(2, *shape)
+            np.testing.assert_allclose(be.infer(x), expected_logits(x))
+            assert [c[1] for c in trt.calls if c[0] == "set_optimization_profile_async"][-1] == profile
+            assert ("set_input_shape", "image", (2, 1, *shape)) in trt.calls
+        with pytest.raises(KidedgeError, match="no profile of the plan admits input 128x96"):
+            be.infer(_x(1, 128, 96))
 
 
 def test_large_batches_are_split_at_the_profile_limit(tmp_path, fake):
