@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from kidedge.environment import int8_pairs_saturate
 from kidedge.io.writer import save_png_atomic, write_text_atomic
 
 #: Plot colours by variant kind, so baselines and kidedge read apart at a glance.
@@ -42,6 +43,10 @@ def _machine_lines(machine: dict) -> list[str]:
         f"instruction sets: {' '.join(cpu.get('instruction_sets', [])) or 'none of interest'}",
         "- GPU: " + (", ".join(f"{g['name']} ({g.get('memory_mib', '?')} MiB)" for g in gpus) if gpus else "none"),
     ]
+    if cpu.get("instruction_sets") and int8_pairs_saturate(cpu):
+        lines.append("- int8 on this CPU: AVX2 without VNNI, where ONNX Runtime's int8 kernel can saturate with "
+                     "8-bit int8-cpu weights; the int8 rows run the package's int8-cpu model all the same "
+                     "(`kidedge infer`'s auto would run fp32 here; export with --int8-cpu-weight-bits 7 for such CPUs)")
     libs = machine.get("libraries") or {}
     if libs:
         lines.append("- libraries: " + ", ".join(f"{k} {v or 'missing'}" for k, v in libs.items()))

@@ -186,3 +186,14 @@ def test_speed_target_not_judged_when_stage2_never_ran():
     targets = evaluate_targets([scan], variants, rows)
     speed = next(t for t in targets if "papers' way" in t["name"] and "faster" in t["name"])
     assert speed["met"] is None and "NOT REPRESENTATIVE" in speed["measured"]
+
+
+@pytest.mark.parametrize("sets, says", [(["avx2", "fma"], True), (["avx2", "avx512_vnni"], False), ([], False)])
+def test_the_report_says_when_this_cpus_int8_kernel_can_saturate(sets, says):
+    """An AVX2-only host runs the bench's int8 rows with the package's 8-bit weights, which
+    kidedge infer's auto would not there: the report's machine lines say so."""
+    from kidedge.bench.report import _machine_lines
+
+    lines = _machine_lines({"cpu": {"model": "x", "architecture": "x86_64", "usable_cores": 2, "logical_cores": 2,
+                                    "instruction_sets": sets}})
+    assert any("int8 on this CPU: AVX2 without VNNI" in line for line in lines) == says
