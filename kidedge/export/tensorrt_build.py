@@ -30,10 +30,11 @@ Profiles and batch (why this shape of engine):
   micro-batch (default 16, ``kidedge infer``'s GPU default). Full micro-batches run at the
   tuned shape; the last, partial one of a scan runs without padding. Larger ``--batch`` is
   split by the backend.
-* DLA plans and 3D windows: fixed sizes. DLA also a fixed batch (min = opt = max), because "DLA does not support dynamic
-  dimensions, so the profile's min, max, and opt values must be equal for wildcard
-  dimensions. The runtime dimensions must be the same as the dimensions used for
-  building" (guide/dla-layer-restrictions.html); the backend pads a partial micro-batch
+* DLA plans and 3D windows: fixed sizes. DLA plans also a fixed batch (min = opt = max),
+  because "DLA does not support dynamic dimensions, so the profile's min, max, and opt
+  values must be equal for wildcard dimensions. The runtime dimensions must be the same as
+  the dimensions used for building" (guide/dla-layer-restrictions.html); the backend pads a
+  partial micro-batch
   with zeros. The same page allows "only 16 DLA loadable ... concurrently per core", and
   every profile needs its own, so a DLA build is refused above :data:`MAX_DLA_PROFILES`
   buckets.

@@ -34,10 +34,9 @@ input to one of them. A plan whose profiles take a range of sizes (kidedge's GPU
 has none: the runtime pads to a multiple of 32 and each input runs in the smallest profile
 that admits it. A shape no profile admits is refused in one line (:class:`KidedgeError`):
 a crop wider than the largest bucket, or a package whose plans do not match its manifest.
-GPU out-of-memory (pycuda's
-``MemoryError``, or a failed allocation reported by TensorRT) is raised as
-:class:`BackendOutOfMemory`, which the engine answers by retrying the scan at a smaller
-micro-batch.
+GPU out-of-memory (pycuda's ``MemoryError``, or a failed allocation reported by TensorRT)
+is raised as :class:`BackendOutOfMemory`, which the engine answers by retrying the scan at
+a smaller micro-batch.
 
 Not exercised on the development machine of this project (no GPU, no TensorRT there): the
 profile selection, call checking, DLA selection and buffer sizing are unit-tested against
