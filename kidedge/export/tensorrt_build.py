@@ -34,10 +34,9 @@ Profiles and batch (why this shape of engine):
   because "DLA does not support dynamic dimensions, so the profile's min, max, and opt
   values must be equal for wildcard dimensions. The runtime dimensions must be the same as
   the dimensions used for building" (guide/dla-layer-restrictions.html); the backend pads a
-  partial micro-batch
-  with zeros. The same page allows "only 16 DLA loadable ... concurrently per core", and
-  every profile needs its own, so a DLA build is refused above :data:`MAX_DLA_PROFILES`
-  buckets.
+  partial micro-batch with zeros. The same page allows "only 16 DLA loadable ...
+  concurrently per core", and every profile needs its own, so a DLA build is refused above
+  :data:`MAX_DLA_PROFILES` buckets.
 
 Calls:
 
