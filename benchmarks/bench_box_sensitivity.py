@@ -32,16 +32,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
+    from kidedge.bench.cascade_steps import localise_every_slice, segment_box
     from kidedge.bench.summary import hierarchical_dice  # rounded to 4 digits
     from kidedge.environment import machine_label
     from kidedge.io import load_label_map, load_scan
     from kidedge.package import ModelPackage
     from kidedge.preprocess import grid_filling_box
     from kidedge.runtime.backends.registry import select_backend
-    from kidedge.runtime.engine import Segmenter, _postprocess
+    from kidedge.runtime.engine import Segmenter
     from kidedge.runtime.gating import CascadeGate, RegionOfInterest
-    from kidedge.runtime.labelmap import SparseLabels
-    from kidedge.runtime.pipeline import run_stage
     from kidedge.runtime.profiling import Profiler
 
     out = args.out or Path(__file__).resolve().parent / "results" / machine_label()
@@ -49,8 +48,7 @@ def main() -> int:
     package = ModelPackage.load(None)
     rows = []
     with Segmenter(package, select_backend(package, "onnxruntime", args.precision)) as seg:
-        loc, segm = seg.localiser, seg.segmenter
-        common = dict(batch=seg.batch, slab_size=seg.slab_size)
+        segm = seg.segmenter
         for path in args.scans:
             scan = load_scan(path)
             truth, _ = load_label_map(Path(path).with_name("segmentation.nii.gz"))
@@ -58,8 +56,7 @@ def main() -> int:
             with Profiler(gpu=False, power=False) as prof:
                 gate = CascadeGate.for_stage(segm, scan.shape, scan.spacing)
                 fill, gate.fill_grid = gate.fill_grid, None  # move the localiser's box, then fill
-                run_stage(scan, seg.backends[loc.name], loc, lambda a, b, lab, g=gate: g.add(a, lab), prof,
-                          label_grid="model", name="localise", **common)
+                localise_every_slice(seg, scan, gate, prof)
                 roi = gate.region()
                 if roi is None:
                     print(f"{path}: the localiser found no kidney", file=sys.stderr)
@@ -72,12 +69,7 @@ def main() -> int:
                     if fill is not None:
                         rr, cc = grid_filling_box(fill, rr, cc, (h, w), scan.spacing[1:])
                     box = RegionOfInterest(roi.slice_start, roi.slice_stop, rr.start, rr.stop, cc.start, cc.stop)
-                    labels = SparseLabels(scan.shape)
-                    run_stage(scan, seg.backends[segm.name], segm,
-                              lambda a, b, lab, r=box, to=labels: to.write(a, lab, r.row_start, r.col_start), prof,
-                              region=box, name="segment", **common)
-                    _postprocess(labels, scan)
-                    dense = labels.to_dense()
+                    dense = segment_box(seg, scan, box, prof)
                     base = dense if mm == 0.0 else base
                     row = {"scan": Path(path).parent.name, "slice_mm": round(scan.spacing[0], 3), "offset_mm": mm,
                            "box_rows_cols": [box.row_stop - box.row_start, box.col_stop - box.col_start],

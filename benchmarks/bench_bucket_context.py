@@ -41,16 +41,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
+    from kidedge.bench.cascade_steps import localise_every_slice, segment_box
     from kidedge.bench.summary import hierarchical_dice  # rounded to 4 digits
     from kidedge.environment import machine_label
     from kidedge.io import load_label_map, load_scan
     from kidedge.package import ModelPackage
     from kidedge.preprocess import output_size, padded_size
     from kidedge.runtime.backends.registry import select_backend
-    from kidedge.runtime.engine import Segmenter, _postprocess
+    from kidedge.runtime.engine import Segmenter
     from kidedge.runtime.gating import CascadeGate
-    from kidedge.runtime.labelmap import SparseLabels
-    from kidedge.runtime.pipeline import run_stage
     from kidedge.runtime.profiling import Profiler
     from kidedge.shape_buckets import bucket_for, stage_buckets
 
@@ -58,20 +57,18 @@ def main() -> int:
     package = ModelPackage.load(None)
     rows = []
     with Segmenter(package, select_backend(package, "onnxruntime", args.precision)) as seg:
-        loc, segm = seg.localiser, seg.segmenter
+        segm = seg.segmenter
         lists = {"any size": None}
         for g in (float(v) for v in args.growths.split(",")):
             b = stage_buckets(segm.preprocess, growth=g)
             lists[f"{len(b)} buckets (growth {g:g})"] = b
         engine = seg.backends[segm.name]
-        common = dict(batch=seg.batch, slab_size=seg.slab_size)
         for path in args.scans:
             scan = load_scan(path)
             truth, _ = load_label_map(Path(path).with_name("segmentation.nii.gz"))
             gate = CascadeGate.for_stage(segm, scan.shape, scan.spacing)
             with Profiler(gpu=False, power=False) as prof:
-                run_stage(scan, seg.backends[loc.name], loc, lambda a, b, lab, g=gate: g.add(a, lab), prof,
-                          label_grid="model", name="localise", **common)
+                localise_every_slice(seg, scan, gate, prof)
                 box = gate.region()
                 if box is None:
                     print(f"{path}: the localiser found no kidney", file=sys.stderr)
@@ -81,15 +78,10 @@ def main() -> int:
                 labels_of = {}
                 for mode, buckets in lists.items():
                     engine.input_buckets = buckets  # the pipeline pads to them, as for a TensorRT engine
-                    labels = SparseLabels(scan.shape)
                     try:
-                        run_stage(scan, engine, segm,
-                                  lambda a, b, lab, to=labels, r=box: to.write(a, lab, r.row_start, r.col_start),
-                                  prof, region=box, name="segment", **common)
+                        labels_of[mode] = segment_box(seg, scan, box, prof)
                     finally:
                         engine.input_buckets = None
-                    _postprocess(labels, scan)
-                    labels_of[mode] = labels.to_dense()
                     net = padded_size(segm.preprocess, content) if buckets is None else bucket_for(buckets, content)
                     row = {"scan": Path(path).parent.name, "slices": scan.shape[0], "mode": mode,
                            "network_input": list(net),
