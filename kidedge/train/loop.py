@@ -157,7 +157,8 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
                 rows.extend(load_resume_state(run_dir / stage["name"] / "resume.pt")["history"])
         else:
             init = warm.weights(stage) if warm is not None else None
-            trainer = StageTrainer(run_dir, r, si, train_cases, val_cases, dev, epochs, pretrained, init)
+            context = warm.context_change(stage) if warm is not None else None
+            trainer = StageTrainer(run_dir, r, si, train_cases, val_cases, dev, epochs, pretrained, init, context)
             entry, model = trainer.run(resume, rows)
         entries.append(entry)
         models.append(model)

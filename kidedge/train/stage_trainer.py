@@ -36,6 +36,7 @@ from kidedge.train.validation import (
     score_stage,
     stage_dice,
 )
+from kidedge.train.warm_start import expand_input_channels
 
 PRETRAINABLE = ("squeezenet_unet", "resnet34_unet")
 
@@ -58,7 +59,7 @@ class StageTrainer:
 
     def __init__(self, run_dir: Path, recipe: dict, stage_index: int, train_cases, val_cases,
                  device: torch.device, epochs_override: int | None, pretrained: str | None,
-                 init_weights: Path | None = None):
+                 init_weights: Path | None = None, init_context: tuple[int, int] | None = None):
         self.run_dir, self.recipe, self.si = run_dir, recipe, stage_index
         self.stage = recipe["stages"][stage_index]
         self.dim = recipe["dimensionality"]
@@ -70,6 +71,7 @@ class StageTrainer:
         self.seed = int(recipe["split"]["seed"])
         self.pretrained = pretrained
         self.init_weights = init_weights  # warm start (kidedge.train.warm_start)
+        self.init_context = init_context  # (its slice context, the recipe's): 2D grown to 2.5D
         self.precision = Precision(device)
         self.channels_last = device.type == "cuda" and self.dim == "2d"
 
@@ -94,8 +96,11 @@ class StageTrainer:
         torch.manual_seed(self.seed * 100 + self.si)
         model = build_model(self.stage["arch"], **kwargs).to(self.device)
         if self.init_weights is not None:
+            state = load_weights(self.init_weights, map_location=self.device)
+            if self.init_context is not None and self.init_context[0] != self.init_context[1]:
+                state = expand_input_channels(state, model.state_dict(), *self.init_context)
             try:
-                model.load_state_dict(load_weights(self.init_weights, map_location=self.device))
+                model.load_state_dict(state)
             except RuntimeError as exc:  # shapes or names differ
                 raise KidedgeError(f"{self.init_weights}: does not fit stage '{self.stage['name']}' "
                                    f"({str(exc).splitlines()[0]})") from exc
@@ -241,6 +246,8 @@ class StageTrainer:
         }
         if self.init_weights is not None:
             entry["init_from"] = str(self.init_weights)
+            if self.init_context is not None and self.init_context[0] != self.init_context[1]:
+                entry["init_context_grown"] = list(self.init_context)
         if roi is not None:
             entry["roi"] = {"source_stage": roi["source_stage"], "labels": list(roi["labels"]),
                             "margin_mm": float(roi["margin_mm"])}

@@ -13,7 +13,12 @@ runs at once can be put together (stage 2 trains on the truth's region, not on s
 Both refuse what would make the new run's numbers dishonest or unloadable:
 
 - a different architecture or model settings than the recipe's stage (the weights would
-  not fit, or would silently mean something else);
+  not fit, or would silently mean something else). One change is allowed: more slice
+  context (a 2D stage turned 2.5D, ``preprocess.context`` and ``model.in_channels = 2 *
+  context + 1`` raised together). The input convolution then grows: the old weights
+  become the centre slice's and the new neighbour channels start at zero, so the warm
+  model's first output equals the earlier model's and training decides what the
+  neighbours add (:func:`expand_input_channels`);
 - a split under which a case the earlier run trained on is held out (validation or
   test) in the new run: its held-out scores would be measured on training data.
 """
@@ -65,7 +70,7 @@ class WarmStart:
         if old is None:
             raise KidedgeError(f"{self.option}{self.dir}: no finished stage '{name}' "
                                f"(it has: {', '.join(self.stages) or 'none'})")
-        if old.get("arch") != stage["arch"] or dict(old.get("model_kwargs", {})) != dict(stage["model_kwargs"]):
+        if old.get("arch") != stage["arch"] or not _same_but_context(old, stage):
             raise KidedgeError(
                 f"{self.option}{self.dir}: stage '{name}' is {old.get('arch')} {old.get('model_kwargs')}, "
                 f"the recipe's is {stage['arch']} {stage['model_kwargs']}: the weights do not fit")
@@ -77,6 +82,11 @@ class WarmStart:
         if not path.is_file():
             raise KidedgeError(f"{self.option}{self.dir}: {path.name} of stage '{stage['name']}' is missing")
         return path
+
+    def context_change(self, stage: dict) -> tuple[int, int]:
+        """(earlier, recipe's) slice context of ``stage``: equal unless it grows 2D to 2.5D."""
+        old = self._stage(stage)
+        return int(old.get("preprocess", {}).get("context", 0)), int(stage["preprocess"].context)
 
     def keep(self, stage: dict, spec: dict, run_dir: Path, copy: bool = True) -> dict:
         """Copy the finished ``stage`` into ``run_dir`` unchanged; returns its run.json entry.
@@ -98,3 +108,47 @@ class WarmStart:
         entry = {**old, "checkpoint": f"{stage['name']}/best.pt", "kept_from": str(self.dir)}
         entry.pop("last_checkpoint", None)
         return entry
+
+
+def _same_but_context(old: dict, stage: dict) -> bool:
+    """The earlier stage's model settings equal the recipe's, but for ``in_channels`` grown
+    with the slice context (2 * context + 1 channels both times, context not shrinking)."""
+    before, after = dict(old.get("model_kwargs", {})), dict(stage["model_kwargs"])
+    if before == after:
+        return True
+    c0, c1 = int(old.get("preprocess", {}).get("context", 0)), int(stage["preprocess"].context)
+    grown = (c1 > c0 and before.get("in_channels", 1) == 2 * c0 + 1
+             and after.get("in_channels", 1) == 2 * c1 + 1)
+    return grown and {**before, "in_channels": None} == {**after, "in_channels": None}
+
+
+def expand_input_channels(state: dict, target: dict, old_context: int, new_context: int) -> dict:
+    """``state`` (weights trained with ``old_context`` slices each side) made to fit
+    ``target`` (a model's state_dict with ``new_context``).
+
+    A tensor whose shapes differ only in its input-channel axis, by the added neighbours,
+    reads the network's input: the first convolution, and in the SqueezeNet U-Net also the
+    last decoder block, whose skip is the input itself concatenated after the upsampled
+    features. In both the input's channels are the axis's last ones, so those old weights
+    go to the centre of the new input channels, the new neighbours get zeros and the
+    channels before them are copied: the output is unchanged for any input (a test checks
+    this on the built-in cascade's networks). Any other difference is refused."""
+    pad = new_context - old_context
+    old_in = 2 * old_context + 1
+    out = {}
+    for name, value in state.items():
+        want = target.get(name)
+        if want is None or want.shape == value.shape:
+            out[name] = value
+            continue
+        if (value.dim() < 2 or want.dim() != value.dim() or want.shape[0] != value.shape[0]
+                or want.shape[2:] != value.shape[2:] or want.shape[1] != value.shape[1] + 2 * pad
+                or value.shape[1] < old_in):
+            raise KidedgeError(f"{name}: {tuple(value.shape)} cannot grow to {tuple(want.shape)} "
+                               f"(only the input channels may grow with the slice context)")
+        features = value.shape[1] - old_in  # channels before the input's (0 for the first conv)
+        grown = value.new_zeros(want.shape)
+        grown[:, :features] = value[:, :features]
+        grown[:, features + pad:features + pad + old_in] = value[:, features:]
+        out[name] = grown
+    return out

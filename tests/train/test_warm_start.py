@@ -13,7 +13,10 @@ from click.testing import CliRunner
 
 from kidedge.cli import main
 from kidedge.errors import KidedgeError
+from kidedge.preprocess import PreprocessSpec
 from kidedge.train.loop import StageTrainer, train_recipe
+from kidedge.train.models import build_model
+from kidedge.train.warm_start import _same_but_context, expand_input_channels
 
 # the patched no-step epochs below make torch warn that the scheduler stepped first
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
@@ -107,3 +110,50 @@ def test_refusals(first_run, phantom_data, tmp_path):
     res = CliRunner().invoke(main, ["train", "--recipe", "kidedge_default", "--data", str(phantom_data),
                                     "--out", str(tmp_path / "e"), "--init-from", str(tmp_path)])
     assert res.exit_code != 0 and "no run.json" in res.output and "Traceback" not in res.output
+
+
+def test_grow_to_2_5d(first_run, phantom_data, tmp_path, monkeypatch):
+    """A 2D stage warm-started as 2.5D (context 1, three input channels): the first
+    convolution holds the earlier weights at the centre channel and zeros for the neighbours,
+    so the grown model's output on any three slices equals the earlier model's on the centre."""
+    monkeypatch.setattr(StageTrainer, "_train_epoch", lambda self, *a, **k: 0.0)
+    out = tmp_path / "grown"
+    train_recipe("kidedge_default", phantom_data, out, epochs=1, device="cpu", cache=first_run / "cache",
+                 overrides=TINY + ["segment.preprocess.context=1", "segment.model.in_channels=3"],
+                 init_from=first_run, keep_stages=("localise",))
+    run = json.loads((out / "run.json").read_text())
+    segment = run["stages"][1]
+    assert segment["init_context_grown"] == [0, 1] and segment["preprocess"]["context"] == 1
+    kwargs = dict(segment["model_kwargs"])
+    old_model = build_model("squeezenet_unet", **{**kwargs, "in_channels": 1}).eval()
+    old_model.load_state_dict(_weights(first_run / "segment" / "best.pt"))
+    new_model = build_model("squeezenet_unet", **kwargs).eval()
+    new_model.load_state_dict(_weights(out / "segment" / "best.pt"))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(new_model(x), old_model(x[:, 1:2]), rtol=1e-5, atol=1e-5)
+    # the neighbours' channels are live parameters (zero, not dropped): they change the output
+    first = next(k for k, v in new_model.state_dict().items() if v.dim() == 4 and v.shape[1] == 3)
+    with torch.no_grad():
+        new_model.state_dict()[first][:, 0] += 0.5
+        assert not torch.allclose(new_model(x), old_model(x[:, 1:2]), atol=1e-3)
+
+
+def test_grow_refusals():
+    state = {"conv.weight": torch.ones(4, 1, 3, 3), "head.weight": torch.ones(2, 4, 1, 1)}
+    target = {"conv.weight": torch.zeros(4, 3, 3, 3), "head.weight": torch.zeros(2, 4, 1, 1)}
+    grown = expand_input_channels(state, target, 0, 1)
+    assert grown["conv.weight"][:, 1].eq(1).all() and grown["conv.weight"][:, [0, 2]].eq(0).all()
+    with pytest.raises(KidedgeError, match="only the input channels"):
+        expand_input_channels(state, {**target, "head.weight": torch.zeros(3, 4, 1, 1)}, 0, 1)
+    with pytest.raises(KidedgeError, match="only the input channels"):
+        expand_input_channels(state, {**target, "conv.weight": torch.zeros(4, 5, 3, 3)}, 0, 1)
+    old = {"model_kwargs": {"in_channels": 3, "classes": 4}, "preprocess": {"context": 1}}
+    spec = PreprocessSpec(hu_window=(-200.0, 400.0), context=0)
+    # less context (channels dropped) is refused; so is a channel count that does not match it
+    assert not _same_but_context(old, {"model_kwargs": {"in_channels": 1, "classes": 4}, "preprocess": spec})
+    old = {"model_kwargs": {"in_channels": 1, "classes": 4}, "preprocess": {"context": 0}}
+    two = spec.replace(context=2)
+    assert not _same_but_context(old, {"model_kwargs": {"in_channels": 3, "classes": 4}, "preprocess": two})
+    assert _same_but_context(old, {"model_kwargs": {"in_channels": 5, "classes": 4}, "preprocess": two})
+    assert not _same_but_context(old, {"model_kwargs": {"in_channels": 5, "classes": 3}, "preprocess": two})
