@@ -34,57 +34,13 @@ from kidedge.export.onnx_export import (
     run_torch,
 )
 from kidedge.export.package_files import library_versions, manifest_stage, publish, read_run
-from kidedge.export.stage_inputs import (
-    slice_categories,
-    slice_inputs,
-    stage_spec,
-)
+from kidedge.export.parity_checks import OrtRunner, check_dynamic_hw, parity_inputs
+from kidedge.export.stage_inputs import stage_spec
 from kidedge.package import FORMAT, FORMAT_VERSION, write_manifest
 
 #: fp16 logits are compared with PyTorch fp32 and recorded; export fails only if fp16
 #: flips more than this fraction of pixels (fp16 rounding alone flips far fewer).
 FP16_MIN_AGREEMENT = 0.99
-
-
-def _parity_inputs(volume, stage: dict, dimensionality: str, n_slices: int, depth: int) -> np.ndarray:
-    """Real preprocessed slices for parity: kidney/tumour slices first, then others."""
-    if dimensionality == "3d":
-        from kidedge.export.export3d import parity_windows
-
-        return parity_windows(volume, stage)
-    cats = slice_categories(volume)
-    order = np.argsort(-cats, kind="stable")  # masses, kidney, background
-    pick = np.sort(np.concatenate([order[: n_slices - 1], [int(np.argmin(cats))]]))
-    return slice_inputs(volume, stage, np.unique(pick))
-
-
-class _OrtRunner:
-    """Logits of a precision's ONNX file, run the way fidelity scores that precision
-    (:func:`kidedge.export.fidelity.variant_session`: int8-trt by the TensorRT stand-in)."""
-
-    def __init__(self, path: Path, threads: int, variant: str = "fp32"):
-        from kidedge.export.fidelity import variant_session
-
-        self.session = variant_session(path, variant, threads)
-
-    def __call__(self, x):
-        return run_onnx(self.session, x)
-
-
-def _check_dynamic_hw(model, onnx_path: Path, x: np.ndarray, threads: int) -> dict | None:
-    """Run a smaller spatial size through ONNX and PyTorch; None if too small to try."""
-    h, w = x.shape[-2:]
-    if h < 96 or w < 96:
-        return None
-    # 32 keeps every pooling level even for the U-Nets (5 halvings).
-    y = np.ascontiguousarray(x[..., : h - 32, : w - 64])
-    try:
-        got = run_onnx(ort_session(onnx_path, threads), y)
-    except Exception as exc:  # ORT raises its own Fail/InvalidArgument types
-        return {"ok": False, "error": str(exc).splitlines()[0][:200], "shape": list(y.shape)}
-    ref = run_torch(model, y)
-    cmp = compare_logits(ref, got)
-    return {"ok": cmp["max_abs_diff"] <= FP32_TOLERANCE, "shape": list(y.shape), **cmp}
 
 
 #: Why a cascade's localiser gets no int8 files by default (recorded in the manifest). On the
@@ -209,14 +165,14 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             say(f"stage {sname}: loading {st['arch']} from {st['checkpoint']}")
             model = load_stage_model(run_dir, st, model_factory)
             spec = stage_spec(st)
-            x = _parity_inputs(held_out[0], st, dim, parity_slices, depth)
+            x = parity_inputs(held_out[0], st, dim, parity_slices, depth)
             torch_logits = run_torch(model, x)
 
             # 1. fp32 ONNX + parity on real preprocessed slices.
             fp32_path = sdir / "fp32.onnx"
             # a 3D stage runs on its fixed patch: only the batch (windows per call) varies
             info = export_onnx(model, fp32_path, x[:1], dim, dynamic_hw=dim != "3d")
-            dyn = _check_dynamic_hw(model, fp32_path, x, threads) if dim == "2d" else None
+            dyn = check_dynamic_hw(model, fp32_path, x, threads) if dim == "2d" else None
             if dyn is not None and not dyn["ok"]:
                 if spec.in_plane != "size":
                     raise KidedgeError(f"stage {sname}: the model does not run at other input sizes "
@@ -232,7 +188,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             torch.save(model.state_dict(), sdir / "model.pt")
             files = {"fp32": {"path": f"{sname}/fp32.onnx"}, "torch": {"path": f"{sname}/model.pt"}}
             # PyTorch itself is checked by parity above; fidelity compares ONNX precisions.
-            runners = {"fp32": _OrtRunner(fp32_path, threads)}
+            runners = {"fp32": OrtRunner(fp32_path, threads)}
 
             # 2. fp16.
             if fp16:
@@ -244,7 +200,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                     raise KidedgeError(f"stage {sname}: fp16 ONNX agrees with PyTorch on only "
                                        f"{parity['fp16']['argmax_agreement']:.3f} of pixels (< {FP16_MIN_AGREEMENT})")
                 files["fp16"] = {"path": f"{sname}/fp16.onnx"}
-                runners["fp16"] = _OrtRunner(sdir / "fp16.onnx", threads)
+                runners["fp16"] = OrtRunner(sdir / "fp16.onnx", threads)
 
             # 3. int8: both variants from one calibration; a cascade's localiser stays float
             # unless asked (see int8_localiser).
@@ -302,7 +258,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                         q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
                                                    cpu_format=cpu_format, calibration_cache=cache,
                                                    reduce_range=variant == "int8-cpu" and weight_bits == 7)
-                    runners[variant] = _OrtRunner(path, threads, variant)
+                    runners[variant] = OrtRunner(path, threads, variant)
                     parity[variant] = compare_logits(torch_logits, runners[variant](x))
                     files[variant] = {"path": f"{sname}/{variant}.onnx"}
                     if variant == "int8-cpu":
