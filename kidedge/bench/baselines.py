@@ -103,15 +103,22 @@ class TorchBaseline:
 
     # -- the flow ---------------------------------------------------------------------
     def _stage_labels(self, stage: Stage, volume: np.ndarray, spacing, timer: _Timer,
-                      grid: str = "scan") -> np.ndarray:
-        """uint8 labels of one stage over all of ``volume`` (the scan or a region of it);
+                      grid: str = "scan", box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """uint8 labels of one stage over all of ``volume`` or over its region ``box``;
         ``grid="model"`` keeps them on the stage's own (unpadded) output grid, as the
-        runtime hands a localiser's labels to the cascade gate."""
+        runtime hands a localiser's labels to the cascade gate. A 2.5D stage's neighbour
+        slices come from the whole volume, beyond the box where there are any (edge slices
+        repeated only at the volume's ends), as the runtime reads them."""
         spec = stage.preprocess
         n = volume.shape[0]
+        z, rows, cols = box if box is not None else (slice(0, n), slice(None), slice(None))
         t0 = time.perf_counter()
-        hu = volume if spec.context == 0 else volume[context_indices(0, n, spec.context, n)]
-        x = preprocess_slices(hu, spec, spacing[1:])  # the whole volume at once, as the papers do
+        if spec.context == 0:
+            hu = volume if box is None else np.ascontiguousarray(volume[box])
+        else:  # crop in-plane first (a view), so only the region is copied
+            hu = volume[:, rows, cols][context_indices(z.start, z.stop, spec.context, n)]
+        plane = hu.shape[1:]
+        x = preprocess_slices(hu, spec, spacing[1:])  # the whole stage at once, as the papers do
         del hu
         timer.add(f"{stage.name}.preprocess", t0)
         t0 = time.perf_counter()
@@ -119,8 +126,8 @@ class TorchBaseline:
         del x
         timer.add(f"{stage.name}.infer", t0)
         t0 = time.perf_counter()
-        content = output_size(spec, volume.shape[1:], spacing[1:])
-        target = tuple(volume.shape[1:]) if grid == "scan" else tuple(content)
+        content = output_size(spec, plane, spacing[1:])
+        target = tuple(plane) if grid == "scan" else tuple(content)
         labels = self._logits_to_labels(logits, stage, content, target)
         timer.add(f"{stage.name}.argmax", t0)
         return labels
@@ -205,7 +212,7 @@ class TorchBaseline:
             return labels, gate.stats()
         box = region.as_slices()
         if self.region:  # papers 002/003: the segmenter sees the region only
-            labels[box] = self._stage_labels(segment, np.ascontiguousarray(volume[box]), spacing, timer)
+            labels[box] = self._stage_labels(segment, volume, spacing, timer, box=box)
         else:  # paper 001: whole slices, labels kept inside the region
             fine = self._stage_labels(segment, volume, spacing, timer)
             labels[box] = fine[box]
