@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 
 def test_papers_way_and_kidedge_fp32_give_the_same_labels(tmp_path):
@@ -43,3 +43,38 @@ def test_papers_way_and_kidedge_fp32_give_the_same_labels(tmp_path):
         if pa.any() or pb.any():
             assert dice(pa, pb) >= 0.99, values
     assert a.any()
+
+
+def test_papers_way_reads_a_2_5d_segmenters_neighbours_beyond_its_region():
+    """A 2.5D stage on a region: the neighbour channels of the region's end slices are the
+    scan's slices beyond it (as the runtime reads them), repeated only at the scan's ends."""
+    import dataclasses
+
+    from kidedge.bench.baselines import PapersWay, _Timer
+    from kidedge.package import ModelPackage, default_package_path
+
+    package = default_package_path()
+    if not package.exists():
+        pytest.skip("no built-in model package")
+    stage = next(s for s in ModelPackage.load(package).stages if s.roi is not None)
+    stage = dataclasses.replace(stage, preprocess=stage.preprocess.replace(context=1))
+    seen = []
+
+    class Recording(PapersWay):
+        def infer_volume(self, x, model):
+            seen.append(x)
+            return self.torch.zeros((x.shape[0], len(stage.output.labels), *x.shape[2:]))
+
+    baseline = object.__new__(Recording)  # no package or models needed for one stage's flow
+    baseline.torch, baseline.batch, baseline.models = torch, 4, {stage.name: None}
+    # slice z is a flat z * 20 HU: which slice fed a channel shows in its brightest pixel
+    volume = np.broadcast_to((np.arange(10) * 20.0)[:, None, None], (10, 64, 64)).copy()
+    low, high = stage.preprocess.hu_window
+
+    def slices_seen(box):
+        baseline._stage_labels(stage, volume, (2.0, 2.0, 2.0), _Timer(), box=box)
+        x = seen.pop()
+        return np.rint((x.max(axis=(2, 3)) * (high - low) + low) / 20.0).astype(int).tolist()
+
+    assert slices_seen((slice(3, 6), slice(8, 40), slice(4, 60))) == [[2, 3, 4], [3, 4, 5], [4, 5, 6]]
+    assert slices_seen((slice(8, 10), slice(0, 64), slice(0, 64))) == [[7, 8, 9], [8, 9, 9]]
