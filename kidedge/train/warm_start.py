@@ -15,8 +15,8 @@ Both refuse what would make the new run's numbers dishonest or unloadable:
 - a different architecture or model settings than the recipe's stage (the weights would
   not fit, or would silently mean something else). One change is allowed: more slice
   context (a 2D stage turned 2.5D, ``preprocess.context`` and ``model.in_channels = 2 *
-  context + 1`` raised together). The input convolution then grows: the old weights
-  become the centre slice's and the new neighbour channels start at zero, so the warm
+  context + 1`` raised together). The convolutions that read the input then grow: the old
+  weights become the centre slice's and the new neighbour channels start at zero, so the warm
   model's first output equals the earlier model's and training decides what the
   neighbours add (:func:`expand_input_channels`);
 - a split under which a case the earlier run trained on is held out (validation or
@@ -132,7 +132,7 @@ def expand_input_channels(state: dict, target: dict, old_context: int, new_conte
     features. In both the input's channels are the axis's last ones, so those old weights
     go to the centre of the new input channels, the new neighbours get zeros and the
     channels before them are copied: the output is unchanged for any input (a test checks
-    this on the built-in cascade's networks). Any other difference is refused."""
+    this on the built-in recipe's SqueezeNet U-Net). Any other difference is refused."""
     pad = new_context - old_context
     old_in = 2 * old_context + 1
     out = {}
