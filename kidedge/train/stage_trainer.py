@@ -71,7 +71,7 @@ class StageTrainer:
         self.seed = int(recipe["split"]["seed"])
         self.pretrained = pretrained
         self.init_weights = init_weights  # warm start (kidedge.train.warm_start)
-        self.init_context = init_context  # (its slice context, the recipe's): 2D grown to 2.5D
+        self.init_context = init_context  # (its slice context, the recipe's) where 2D grows to 2.5D
         self.precision = Precision(device)
         self.channels_last = device.type == "cuda" and self.dim == "2d"
 
@@ -97,7 +97,7 @@ class StageTrainer:
         model = build_model(self.stage["arch"], **kwargs).to(self.device)
         if self.init_weights is not None:
             state = load_weights(self.init_weights, map_location=self.device)
-            if self.init_context is not None and self.init_context[0] != self.init_context[1]:
+            if self.init_context is not None:
                 state = expand_input_channels(state, model.state_dict(), *self.init_context)
             try:
                 model.load_state_dict(state)
@@ -246,7 +246,7 @@ class StageTrainer:
         }
         if self.init_weights is not None:
             entry["init_from"] = str(self.init_weights)
-            if self.init_context is not None and self.init_context[0] != self.init_context[1]:
+            if self.init_context is not None:
                 entry["init_context_grown"] = list(self.init_context)
         if roi is not None:
             entry["roi"] = {"source_stage": roi["source_stage"], "labels": list(roi["labels"]),

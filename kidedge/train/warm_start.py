@@ -83,10 +83,10 @@ class WarmStart:
             raise KidedgeError(f"{self.option}{self.dir}: {path.name} of stage '{stage['name']}' is missing")
         return path
 
-    def context_change(self, stage: dict) -> tuple[int, int]:
-        """(earlier, recipe's) slice context of ``stage``: equal unless it grows 2D to 2.5D."""
-        old = self._stage(stage)
-        return int(old.get("preprocess", {}).get("context", 0)), int(stage["preprocess"].context)
+    def context_change(self, stage: dict) -> tuple[int, int] | None:
+        """(earlier, recipe's) slice context of ``stage`` where it grows (2D to 2.5D), else None."""
+        c0, c1 = _contexts(self._stage(stage), stage)
+        return (c0, c1) if c0 != c1 else None
 
     def keep(self, stage: dict, spec: dict, run_dir: Path, copy: bool = True) -> dict:
         """Copy the finished ``stage`` into ``run_dir`` unchanged; returns its run.json entry.
@@ -110,13 +110,18 @@ class WarmStart:
         return entry
 
 
+def _contexts(old: dict, stage: dict) -> tuple[int, int]:
+    """Slice context of the earlier run's stage and of the recipe's."""
+    return int(old.get("preprocess", {}).get("context", 0)), int(stage["preprocess"].context)
+
+
 def _same_but_context(old: dict, stage: dict) -> bool:
     """The earlier stage's model settings equal the recipe's, but for ``in_channels`` grown
     with the slice context (2 * context + 1 channels both times, context not shrinking)."""
     before, after = dict(old.get("model_kwargs", {})), dict(stage["model_kwargs"])
     if before == after:
         return True
-    c0, c1 = int(old.get("preprocess", {}).get("context", 0)), int(stage["preprocess"].context)
+    c0, c1 = _contexts(old, stage)
     grown = (c1 > c0 and before.get("in_channels", 1) == 2 * c0 + 1
              and after.get("in_channels", 1) == 2 * c1 + 1)
     return grown and {**before, "in_channels": None} == {**after, "in_channels": None}
