@@ -130,7 +130,7 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init
 
 
 @main.command()
-@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.argument("run_dir", required=False, type=click.Path())
 @click.option("--out", "out", type=click.Path(), help="Model package to write (directory, or .zip).")
 @click.option("--fp16", is_flag=True, help="Also write fp16 ONNX (for GPUs).")
 @click.option("--int8", is_flag=True, help="Also write int8 ONNX (CPU and TensorRT variants).")
@@ -154,7 +154,10 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init
 @_one_line_errors
 def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt, dla_core, allow_int8_fidelity_loss,
            int8_cpu_weight_bits, int8_localiser, verify):
-    """Export a trained run to a model package (ONNX fp32/fp16/int8, TensorRT)."""
+    """Export a trained run to a model package (ONNX fp32/fp16/int8, TensorRT).
+
+    RUN_DIR may also be a 2D model package (e.g. kidedge/models/default): its PyTorch
+    weights are exported again, to quantise it another way or for another CPU."""
     if verify:
         fn = _library_call("kidedge.export.verify", "verify_package", "issue 5")
         return fn(verify)

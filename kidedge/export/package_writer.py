@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kidedge.errors import KidedgeError
+from kidedge.export.from_package import is_package, run_from_package
 from kidedge.export.held_out import held_out_volumes, run_split_volumes, volumes_from_dataset
 from kidedge.export.onnx_export import (
     FP32_TOLERANCE,
@@ -64,7 +65,9 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
     """Export every stage of ``run_dir`` to a model package at ``out``.
 
     Args:
-        run_dir: training run (run.json + checkpoints, see the run directory contract).
+        run_dir: training run (run.json + checkpoints, see the run directory contract), or a
+            2D model package, whose weights and recorded run stand in for the run
+            (:mod:`kidedge.export.from_package`).
         out: package directory to create, or a path ending in ``.zip``; must not exist.
         fp16: also write fp16 ONNX.
         int8: also write int8-cpu and int8-trt ONNX (static PTQ).
@@ -117,7 +120,11 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise KidedgeError(f"{out}: already exists; refusing to overwrite (choose a new --out)")
-    run = read_run(run_dir)
+    source = run_dir
+    if is_package(run_dir):  # the shipped model has no run folder: its package stands in
+        run, run_dir = run_from_package(run_dir)
+    else:
+        run = read_run(run_dir)
     if calib_method not in ("minmax", "percentile", "entropy"):
         raise KidedgeError(f"unknown calibration method {calib_method!r} (minmax, percentile, entropy)")
     if float_nodes not in ("rule", "none"):
@@ -300,7 +307,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             _apply_int8_gate(report, stages, tmp, allow_int8_fidelity_loss, say)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "name": name or run.get("recipe") or run_dir.name,
+            "name": name or run.get("recipe") or source.name,
             "architecture": "+".join(s["arch"] for s in run["stages"]),
             "dimensionality": dim,
             "classes": run["classes"],
@@ -308,7 +315,11 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             "stages": stages,
             "provenance": {
                 "recipe": run.get("recipe"), "data": run.get("data"), "split": run.get("split"),
-                "training_metrics": run.get("metrics"), "run_dir": str(run_dir.resolve()),
+                "training_metrics": run.get("metrics"),
+                # as given (no absolute path of the export machine in a shipped package)
+                "run_dir": run["exported_from_package"]["run_dir"] if "exported_from_package" in run else str(source),
+                **({"exported_from_package": {**run["exported_from_package"], "path": str(source)}}
+                   if "exported_from_package" in run else {}),
                 "library_versions": library_versions(),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "export_machine": platform.platform(),

@@ -119,3 +119,44 @@ def test_cli_export_options(tmp_path, cascade):
     assert r.exit_code == 0
     for opt in ("--calib-method", "--float-layers", "--dla-core", "--verify", "--tensorrt"):
         assert opt in r.output
+
+
+def test_export_again_from_the_package(cascade, tmp_path):
+    """The shipped model has no run folder: its package's weights and recorded run stand in
+    (here to make the 7-bit CPU variant for AVX2 CPUs without VNNI)."""
+    run, data, out = cascade
+    again = tmp_path / "again"
+    export_run(out, again, int8=True, calib_method="percentile", int8_cpu_weight_bits=7, held_out_cases=1,
+               calib_cases=2, slices_per_case=4, parity_slices=3, model_factory=tiny_factory, quiet=True)
+    first, pkg = ModelPackage.load(out), ModelPackage.load(again)
+    prov = pkg.manifest.provenance
+    assert prov["exported_from_package"]["path"] == str(out) and prov["run_dir"] == str(run)
+    assert prov["split"] == first.manifest.provenance["split"] and prov["data"] == str(data)
+    for stage in ("localise", "segment"):  # the same weights, the same preprocessing and ROI
+        assert first.stage(stage).files["torch"].sha256 == pkg.stage(stage).files["torch"].sha256
+        assert first.stage(stage).preprocess == pkg.stage(stage).preprocess
+    raw = [json.loads((p / "manifest.json").read_text())["stages"][1] for p in (out, again)]
+    assert raw[0]["roi"] == raw[1]["roi"] and raw[0]["arch"] == raw[1]["arch"] == "tiny_unet"
+    rep = pkg.manifest.export_report
+    assert rep["held_out_source"] == f"run split 'test' of {data}"
+    assert rep["quantisation"]["segment"]["calibration"]["source"] == f"run split 'train' of {data}"
+    assert pkg.stage("segment").files["int8-cpu"].extra["weight_bits"] == 7
+    assert verify_package(again, quiet=True) == 0
+
+
+def test_export_from_a_package_checks_its_weights(cascade, tmp_path):
+    import shutil
+
+    _, _, out = cascade
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "segment" / "model.pt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(KidedgeError, match="does not match the manifest"):
+        export_run(copy, tmp_path / "p", model_factory=tiny_factory, quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["stages"][1]["files"]["torch"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(KidedgeError, match="no PyTorch weights"):
+        export_run(copy, tmp_path / "p", model_factory=tiny_factory, quiet=True)
+    assert not (tmp_path / "p").exists()
