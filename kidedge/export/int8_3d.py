@@ -109,6 +109,7 @@ def sensitive_convs(prepared: Path, int8_path: Path, inputs: np.ndarray) -> list
         acts = collect_activations(str(augmented), SliceCalibrationReader(inputs))
     matched = create_activation_matching(acts)
     graph = onnx.load(str(int8_path)).graph
+    relu_fused = _relu_fused_tensors(graph)
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -123,8 +124,30 @@ def sensitive_convs(prepared: Path, int8_path: Path, inputs: np.ndarray) -> list
             t = consumers[t][0].output[0]
         if t in matched:
             m = matched[t]
-            ranked.append((node.name, float(compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"]))))
+            # With the ReLU folded into the Q/DQ pair, the tensor before Q is the Conv's raw
+            # output: what the pair should reproduce is its ReLU, and the negatives it clamps
+            # are that ReLU, not quantisation noise (counting them ranked layers by how much
+            # of their output is negative, not by their int8 error).
+            pre = [np.maximum(a, 0) for a in m["pre_qdq"]] if t in relu_fused else m["pre_qdq"]
+            ranked.append((node.name, float(compute_signal_to_quantization_noice_ratio(pre, m["post_qdq"]))))
     return sorted(ranked, key=lambda item: item[1])
+
+
+def _relu_fused_tensors(graph) -> set[str]:
+    """Tensors whose QuantizeLinear cannot represent a value below 0 (its zero point is the
+    lowest code): ONNX Runtime's quantiser folded a ReLU into the pair."""
+    from onnx import numpy_helper
+
+    init = {i.name: i for i in graph.initializer}
+    fused = set()
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in init:
+            continue
+        zero_point = numpy_helper.to_array(init[node.input[2]])
+        lowest = np.iinfo(zero_point.dtype).min if np.issubdtype(zero_point.dtype, np.integer) else None
+        if lowest is not None and zero_point.size == 1 and int(zero_point.reshape(-1)[0]) == lowest:
+            fused.add(node.input[0])
+    return fused
 
 
 def quantize_cpu(prepared: Path, out_path: Path, reader, method: str, exclude: list[str], cpu_format: str,

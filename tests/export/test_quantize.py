@@ -155,3 +155,18 @@ def test_prepare_leaves_no_files_in_the_working_directory(prepared, tmp_path, mo
     assert out.is_file() and out.is_absolute()
     assert list(work.iterdir()) == []
     assert Path.cwd() == work
+
+
+def test_layer_ranking_measures_int8_noise_not_the_folded_relu(prepared):
+    """ONNX Runtime folds a Conv's ReLU into its Q/DQ pair, so the tensor before Q is the raw
+    Conv output; the SQNR ranking must compare the pair with that ReLU, or it ranks layers by
+    how negative their outputs are (0-6 dB) instead of by int8 noise (~40 dB at 8 bits)."""
+    from kidedge.export.int8_3d import _relu_fused_tensors, sensitive_convs
+
+    d, prep, x = prepared
+    out = d / "ranked.onnx"
+    quantize_int8(prep, out, SliceCalibrationReader(x), "int8-cpu", "minmax", [])
+    fused = _relu_fused_tensors(onnx.load(str(out)).graph)
+    assert "/enc/enc.2/Relu_output_0" in fused  # the first block's ReLU, folded
+    ranked = sensitive_convs(prep, out, x[:4])
+    assert len(ranked) >= 3 and all(db > 25 for _, db in ranked), ranked
