@@ -265,6 +265,11 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                         q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
                                                    cpu_format=cpu_format, calibration_cache=cache,
                                                    reduce_range=variant == "int8-cpu" and weight_bits == 7)
+                        if variant == "int8-cpu" and exclude:
+                            from kidedge.export.int8_3d import ort_cpu_int8_layers
+
+                            # float in the file, int8 where ORT's optimiser fuses it (see quantize)
+                            q[variant]["ort_cpu_runs_int8_anyway"] = ort_cpu_int8_layers(path, exclude)
                     runners[variant] = OrtRunner(path, threads, variant)
                     parity[variant] = compare_logits(torch_logits, runners[variant](x))
                     files[variant] = {"path": f"{sname}/{variant}.onnx"}

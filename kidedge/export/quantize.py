@@ -20,7 +20,15 @@ where a Q/DQ pair says so and runs the rest in float.
 Layers may stay float (``nodes_to_exclude``). The default rule keeps the first Conv (it
 sees raw intensities, a distribution unlike any later activation) and the last Conv (the
 head whose logits decide the labels) in float: two of ~50 convolutions. The choice is
-recorded in the manifest with the per-variant agreement measured against fp32.
+recorded in the manifest with the per-variant agreement measured against fp32. TensorRT
+honours the file; ONNX Runtime's CPU optimiser (``WeightBiasQuantization``, 1.32) quantises
+the weights of a float Conv whose input and output are both quantised and runs it int8, so
+on the CPU the built-in segmenter's first Conv runs int8 all the same (the head, whose output
+is the graph's, stays float). Export lists such layers (``ort_cpu_runs_int8_anyway``).
+Honouring them by disabling that optimiser was measured and not taken: 13% more segmenter
+int8 time for masses agreement with fp32 of 0.948 against 0.944 on 10 validation phantoms;
+keeping the 16 most sensitive of 36 convolutions float raised it only to 0.961, slower than
+fp32 itself (benchmarks/results/int8_float_layers.md).
 """
 
 from __future__ import annotations

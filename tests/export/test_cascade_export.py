@@ -82,7 +82,12 @@ def test_cascade_int8_percentile_calibrates_on_the_run_split(cascade):
     assert cal["source"] == f"run split 'train' of {data}" and cal["method"] == "percentile"
     assert [s.split("/")[-2] for s in cal["sources"]] == ["case_00000", "case_00001"]
     assert set(rep["fidelity"]["segment"]) == {"fp16", "int8-cpu", "int8-trt"}
-    assert rep["quantisation"]["segment"]["int8-cpu"]["float_nodes"]  # first and last Conv
+    q = rep["quantisation"]["segment"]["int8-cpu"]
+    assert q["float_nodes"] == ["/enc/enc.0/Conv", "/head/Conv"]  # first and last Conv
+    # ONNX Runtime's CPU optimiser runs a float Conv int8 when its input and output are both
+    # quantised; the tiny net's image feeds only its first Conv (the built-in U-Net also
+    # concatenates it in its last block), so nothing quantises it and both stay float
+    assert q["ort_cpu_runs_int8_anyway"] == []
     # Kidney boxes of different sizes were brought to one size for the histogram calibrator.
     assert len(cal["cropped_to"]) == 2 and all(v % 8 == 0 for v in cal["cropped_to"])
     assert pkg.stage("segment").input.height is None  # native: any size
