@@ -12,6 +12,7 @@ Small modules, one job each:
 * :mod:`~kidedge.export.fidelity`      Dice of each precision against fp32
 * :mod:`~kidedge.export.package_writer` ``export_run``: all of the above -> package, atomically
 * :mod:`~kidedge.export.verify`        ``verify_package``: hashes and parity of a package
+* :mod:`~kidedge.export.from_package`  a 2D package standing in for its training run (export, fine-tune)
 
 torch and onnx are imported here and in ``train`` only, never by the runtime.
 """

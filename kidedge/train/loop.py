@@ -59,7 +59,7 @@ def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool, cache_dir=
         if ddp.is_main():
             write_json_atomic(split_path, split, default=float)
     for source in sources:  # every run weights come from: no case it trained on is held out here
-        source.check_split(split)
+        source.check_split(split, data)
     by_id = {c.case_id: c for c in found}
     missing = [cid for part in ("train", "val", "test") for cid in split[part] if cid not in by_id]
     if missing:

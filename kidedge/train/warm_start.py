@@ -39,25 +39,41 @@ class WarmStart:
     """An earlier run directory to start from.
 
     Args:
-        run_dir: the earlier run (its ``run.json`` must list finished stages).
+        run_dir: the earlier run (its ``run.json`` must list finished stages), or a 2D model
+            package (:mod:`kidedge.export.from_package`), e.g. the built-in one, to fine-tune.
         option: the command-line option that named it, for the messages.
     """
 
     def __init__(self, run_dir, option: str = "--init-from ") -> None:
+        from kidedge.export.from_package import is_package, run_from_package
+
         self.dir = Path(run_dir)
         self.option = option  # how the run was named, for the messages
+        if is_package(self.dir):
+            # A model package (the built-in one has no run folder): its weights, hash-checked,
+            # and the run its manifest records (stages, preprocessing, split) stand in.
+            run, self.dir = run_from_package(self.dir)
+            self.run = {**run, "stages": [{**s, "status": "done"} for s in run["stages"]]}
+            self.stages = {s["name"]: s for s in self.run["stages"]}
+            return
         path = self.dir / "run.json"
         if not path.is_file():
-            raise KidedgeError(f"{option}{self.dir}: no run.json (not a finished kidedge training run)")
+            raise KidedgeError(f"{option}{self.dir}: no run.json (not a finished kidedge training run, nor a model package)")
         try:
             self.run = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise KidedgeError(f"{option}{self.dir}: unreadable run.json ({type(exc).__name__})") from exc
         self.stages = {s["name"]: s for s in self.run.get("stages", []) if s.get("status") == "done"}
 
-    def check_split(self, split: dict) -> None:
-        """Refuse a split that holds out a case the earlier run trained on."""
-        trained = set(self.run.get("split", {}).get("train", []))
+    def check_split(self, split: dict, data=None) -> None:
+        """Refuse a split that holds out a case the earlier run trained on. Case ids name
+        cases of a data folder: when the earlier run's folder is another than ``data`` (e.g.
+        your scans against the phantoms the built-in model was trained on), the same id is
+        another case, and nothing is refused."""
+        earlier = self.run.get("data")
+        if data is not None and isinstance(earlier, str) and Path(earlier).resolve() != Path(data).resolve():
+            return
+        trained = set((self.run.get("split") or {}).get("train", []))
         leaked = sorted(trained & (set(split.get("val", [])) | set(split.get("test", []))))
         if leaked:
             raise KidedgeError(

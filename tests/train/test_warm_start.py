@@ -157,3 +157,46 @@ def test_grow_refusals():
     assert not _same_but_context(old, {"model_kwargs": {"in_channels": 3, "classes": 4}, "preprocess": two})
     assert _same_but_context(old, {"model_kwargs": {"in_channels": 5, "classes": 4}, "preprocess": two})
     assert not _same_but_context(old, {"model_kwargs": {"in_channels": 5, "classes": 3}, "preprocess": two})
+
+
+def test_fine_tune_from_a_model_package(first_run, phantom_data, tmp_path, monkeypatch):
+    """The built-in model ships as a package, not a run: its weights (hash-checked) and the
+    run its manifest records stand in, split check included."""
+    from kidedge.export.package_writer import export_run
+
+    package = tmp_path / "pkg"
+    export_run(first_run, package, quiet=True)
+    monkeypatch.setattr(StageTrainer, "_train_epoch", lambda self, *a, **k: 0.0)
+    out = tmp_path / "tuned"
+    train_recipe("kidedge_default", phantom_data, out, epochs=1, device="cpu", overrides=TINY,
+                 init_from=package, keep_stages=("localise",), cache=first_run / "cache")
+    for stage in ("localise", "segment"):
+        assert _same(_weights(out / stage / "best.pt"), _weights(package / stage / "model.pt"))
+    localise = json.loads((out / "run.json").read_text())["stages"][0]
+    assert localise["kept_from"] == str(package) and localise["preprocess"] == json.loads(
+        (first_run / "run.json").read_text())["stages"][0]["preprocess"]
+    split = json.loads((first_run / "split.json").read_text())
+    swapped = {"train": split["test"] + split["val"] + split["train"][2:], "val": split["train"][:1],
+               "test": split["train"][1:2]}
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    with pytest.raises(KidedgeError, match="held out in this run"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "leak", epochs=1, device="cpu", init_from=package,
+                     overrides=TINY + [f"split.file={json.dumps(str(tmp_path / 'swapped.json'))}"])
+    with open(package / "segment" / "model.pt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(KidedgeError, match="does not match the manifest"):
+        train_recipe("kidedge_default", phantom_data, tmp_path / "bad", epochs=1, device="cpu", init_from=package,
+                     overrides=TINY)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_split_check_is_per_data_folder(first_run, phantom_data, tmp_path):
+    """Case ids name cases of a data folder: on another folder the same id is another case."""
+    from kidedge.train.warm_start import WarmStart
+
+    warm = WarmStart(first_run)
+    split = json.loads((first_run / "split.json").read_text())
+    swapped = {"train": split["val"], "val": split["train"][:1], "test": split["test"]}
+    with pytest.raises(KidedgeError, match="held out in this run"):
+        warm.check_split(swapped, phantom_data)
+    warm.check_split(swapped, tmp_path)  # another folder: no refusal
