@@ -150,10 +150,12 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init
                    "VNNI, where full-range weights can saturate ONNX Runtime's int8 kernels.")
 @click.option("--int8-localiser", is_flag=True,
               help="Also quantise a cascade's localiser (by default it stays float: it decides the crop).")
+@click.option("--int8-bias-correction/--no-int8-bias-correction", default=True, show_default=True,
+              help="Correct the int8 layers' biases for the mean shift int8 gives their outputs (2D stages).")
 @click.option("--verify", "verify", type=click.Path(exists=True), help="Re-check an existing package's hashes and parity instead.")
 @_one_line_errors
 def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt, dla_core, allow_int8_fidelity_loss,
-           int8_cpu_weight_bits, int8_localiser, verify):
+           int8_cpu_weight_bits, int8_localiser, int8_bias_correction, verify):
     """Export a trained run to a model package (ONNX fp32/fp16/int8, TensorRT).
 
     RUN_DIR may also be a 2D model package (e.g. kidedge/models/default): its PyTorch
@@ -176,7 +178,7 @@ def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt
               tensorrt_settings={"dla_core": dla_core} if dla_core is not None else None,
               allow_int8_fidelity_loss=allow_int8_fidelity_loss,
               int8_cpu_weight_bits=int(int8_cpu_weight_bits) if int8_cpu_weight_bits else None,
-              int8_localiser=int8_localiser)
+              int8_localiser=int8_localiser, bias_correction=int8_bias_correction)
 
 
 @main.command()

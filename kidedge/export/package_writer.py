@@ -61,7 +61,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                float_nodes: str = "rule", threads: int = 2, tensorrt_settings: dict | None = None,
                data: str = "auto", max_slices: int = 48, model_factory=None, quiet: bool = False,
                allow_int8_fidelity_loss: bool = False, int8_cpu_weight_bits: int | None = None,
-               int8_localiser: bool = False) -> int:
+               int8_localiser: bool = False, bias_correction: bool = True) -> int:
     """Export every stage of ``run_dir`` to a model package at ``out``.
 
     Args:
@@ -109,6 +109,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
             ``weight_bits``, which the runtime checks against the CPU it runs on.
         int8_localiser: also quantise a cascade's localiser (by default it gets no int8
             files and runs in float beside an int8 segmenter, see :data:`LOCALISER_KEPT_FLOAT`).
+        bias_correction: correct the int8 layers' biases for the mean shift int8 gives
+            their outputs (:mod:`kidedge.export.bias_correction`; 2D stages, both variants).
 
     Returns:
         0 (the CLI's exit code).
@@ -265,6 +267,10 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                         q[variant] = quantize_int8(prepared, path, reader, variant, calib_method, exclude,
                                                    cpu_format=cpu_format, calibration_cache=cache,
                                                    reduce_range=variant == "int8-cpu" and weight_bits == 7)
+                        if bias_correction and dim == "2d":  # 3D int8-cpu picks float layers by fidelity first
+                            from kidedge.export.bias_correction import correct_biases
+
+                            q[variant]["bias_correction"] = correct_biases(prepared, path, cin, threads)
                         if variant == "int8-cpu" and exclude:
                             from kidedge.export.int8_3d import ort_cpu_int8_layers
 

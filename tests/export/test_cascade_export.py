@@ -88,6 +88,9 @@ def test_cascade_int8_percentile_calibrates_on_the_run_split(cascade):
     # quantised; the tiny net's image feeds only its first Conv (the built-in U-Net also
     # concatenates it in its last block), so nothing quantises it and both stay float
     assert q["ort_cpu_runs_int8_anyway"] == []
+    for variant in ("int8-cpu", "int8-trt"):  # biases corrected for int8's mean shift, in both files
+        bc = rep["quantisation"]["segment"][variant]["bias_correction"]
+        assert bc["layers"] >= 2 and bc["max_mean_error_after"] < bc["max_mean_error_before"]
     # Kidney boxes of different sizes were brought to one size for the histogram calibrator.
     assert len(cal["cropped_to"]) == 2 and all(v % 8 == 0 for v in cal["cropped_to"])
     assert pkg.stage("segment").input.height is None  # native: any size
@@ -103,7 +106,7 @@ def test_phantoms_when_asked_and_float_layers_none(cascade, tmp_path):
     with pytest.raises(KidedgeError, match="weight bits must be one of"):
         export_run(run, tmp_path / "bad", int8_cpu_weight_bits=6, **kw)
     assert not (tmp_path / "bad").exists()
-    export_run(run, out, int8_cpu_weight_bits=7, int8_localiser=True, **kw)
+    export_run(run, out, int8_cpu_weight_bits=7, int8_localiser=True, bias_correction=False, **kw)
     pkg = ModelPackage.load(out)
     rep = pkg.manifest.export_report
     assert rep["held_out_source"] == "phantoms"
@@ -111,6 +114,7 @@ def test_phantoms_when_asked_and_float_layers_none(cascade, tmp_path):
         q = rep["quantisation"][stage]
         assert q["calibration"]["source"] == "phantoms"
         assert q["int8-cpu"]["float_nodes"] == [] and q["float_nodes_rule"] == "none"
+        assert "bias_correction" not in q["int8-cpu"] and "bias_correction" not in q["int8-trt"]
         assert q["int8-cpu"]["reduce_range"] and pkg.stage(stage).files["int8-cpu"].extra["weight_bits"] == 7
     assert "cropped_to" not in rep["quantisation"]["localise"]["calibration"]  # a fixed size
     assert select_backend(pkg, "onnxruntime", "int8").files == {"localise": "int8-cpu", "segment": "int8-cpu"}
@@ -122,7 +126,7 @@ def test_cli_export_options(tmp_path, cascade):
     assert r.exit_code == 2 and "add --tensorrt" in r.output and not (tmp_path / "p").exists()
     r = CliRunner().invoke(main, ["export", "--help"])
     assert r.exit_code == 0
-    for opt in ("--calib-method", "--float-layers", "--dla-core", "--verify", "--tensorrt"):
+    for opt in ("--calib-method", "--float-layers", "--dla-core", "--verify", "--tensorrt", "--no-int8-bias-correction"):
         assert opt in r.output
 
 
