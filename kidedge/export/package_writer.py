@@ -270,6 +270,7 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                         if bias_correction and dim == "2d":  # 3D int8-cpu picks float layers by fidelity first
                             from kidedge.export.bias_correction import correct_biases
 
+                            say(f"stage {sname}: {variant} bias correction")
                             q[variant]["bias_correction"] = correct_biases(prepared, path, cin, threads)
                         if variant == "int8-cpu" and exclude:
                             from kidedge.export.int8_3d import ort_cpu_int8_layers
