@@ -5,6 +5,7 @@ and scored on the run's own dataset split; the CLI's export options."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,14 @@ def test_export_from_a_package_checks_its_weights(cascade, tmp_path):
     with pytest.raises(KidedgeError, match="no PyTorch weights"):
         export_run(copy, tmp_path / "p", model_factory=tiny_factory, quiet=True)
     assert not (tmp_path / "p").exists()
+
+
+def test_export_from_a_zipped_package(cascade, tmp_path):
+    import shutil
+
+    _, _, out = cascade
+    zipped = Path(shutil.make_archive(str(tmp_path / "pkg"), "zip", out))
+    export_run(zipped, tmp_path / "again", parity_slices=2, held_out_cases=1, model_factory=tiny_factory, quiet=True)
+    again = ModelPackage.load(tmp_path / "again")
+    assert again.manifest.provenance["exported_from_package"]["path"] == str(zipped)
+    assert again.stage("segment").files["torch"].sha256 == ModelPackage.load(out).stage("segment").files["torch"].sha256
