@@ -69,3 +69,26 @@ def test_float_layers_left_alone_unless_asked(int8_model, tmp_path):
     correct_biases(prep, kept, x, kinds=("int32", "float"))
     assert not np.array_equal(before[head_bias], {i.name: numpy_helper.to_array(i) for i in onnx.load(
         str(kept)).graph.initializer}[head_bias])
+
+
+def test_a_split_convolution(int8_model, tmp_path):
+    """After the concat split (one Conv per branch, the bias on one of them, each branch
+    quantised before the Add), the biased branch is corrected; the bias-free one has nothing
+    to correct and the layers after the Add take in its mean error."""
+    from kidedge.export.concat_split import split_concat_convs
+
+    d, prep, x = int8_model
+    concat = next(n for n in onnx.load(str(prep)).graph.node if n.op_type == "Concat")
+    ranges = {concat.input[0]: (0.0, 1.0), concat.input[1]: (0.0, 10.0)}  # 10x apart: split
+    split = tmp_path / "split.onnx"
+    assert split_concat_convs(prep, split, ranges)
+    quantized = tmp_path / "split-int8.onnx"
+    quantize_int8(split, quantized, SliceCalibrationReader(x), "int8-trt", "minmax", [])
+    convs = [n for n in onnx.load(str(quantized)).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 5 and sum(len(n.input) > 2 and bool(n.input[2]) for n in convs) == 4
+    raw = tmp_path / "split-int8-raw.onnx"
+    shutil.copy(quantized, raw)
+    record = correct_biases(split, quantized, x)
+    assert record["layers"] == 4 and record["max_mean_error_after"] < record["max_mean_error_before"]
+    held = np.ascontiguousarray(x[::-1] * 0.9 + 0.05)
+    assert _logit_mean_error(split, quantized, held) < _logit_mean_error(split, raw, held)
