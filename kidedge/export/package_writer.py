@@ -122,8 +122,8 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise KidedgeError(f"{out}: already exists; refusing to overwrite (choose a new --out)")
-    source = run_dir
-    if is_package(run_dir):  # the shipped model has no run folder: its package stands in
+    source, from_package = run_dir, is_package(run_dir)
+    if from_package:  # the shipped model has no run folder: its package stands in
         run, run_dir = run_from_package(run_dir)
     else:
         run = read_run(run_dir)
@@ -164,6 +164,11 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
         calib_vols = None
         if int8 and not calib and data == "auto":
             calib_vols = run_split_volumes(run, "train", calib_cases, max(max_slices, 64))
+            if not calib_vols and from_package:
+                # printed even with quiet: int8 from a package is then calibrated on other data
+                print(f"kidedge export: note: the data the package was trained on ({run.get('data')}) is not "
+                      "here: int8 is calibrated on procedural phantoms; give --calib DIR (CT like the "
+                      "package's training data) for the package's own calibration", flush=True)
         stages, report = [], {"sizes": {}, "parity": {}, "fidelity": {}, "quantisation": {},
                               "onnx": {}, "held_out_source": held_out_source,
                               "held_out_cases": [v.source for v in held_out]}
@@ -329,9 +334,9 @@ def export_run(run_dir, out, fp16: bool = False, int8: bool = False, calib=None,
                 "recipe": run.get("recipe"), "data": run.get("data"), "split": run.get("split"),
                 "training_metrics": run.get("metrics"),
                 # as given (no absolute path of the export machine in a shipped package)
-                "run_dir": run["exported_from_package"]["run_dir"] if "exported_from_package" in run else str(source),
+                "run_dir": run["exported_from_package"]["run_dir"] if from_package else str(source),
                 **({"exported_from_package": {**run["exported_from_package"], "path": str(source)}}
-                   if "exported_from_package" in run else {}),
+                   if from_package else {}),
                 "library_versions": library_versions(),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "export_machine": platform.platform(),

@@ -181,3 +181,20 @@ def test_export_from_a_zipped_package(cascade, tmp_path):
     again = ModelPackage.load(tmp_path / "again")
     assert again.manifest.provenance["exported_from_package"]["path"] == str(zipped)
     assert again.stage("segment").files["torch"].sha256 == ModelPackage.load(out).stage("segment").files["torch"].sha256
+
+
+def test_export_from_a_package_without_its_data_says_so(cascade, tmp_path, capsys):
+    import shutil
+
+    _, _, out = cascade
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["provenance"]["data"] = str(tmp_path / "gone")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    export_run(copy, tmp_path / "p", int8=True, calib_method="minmax", held_out_cases=1, calib_cases=1,
+               slices_per_case=3, parity_slices=2, model_factory=tiny_factory, quiet=True)
+    said = capsys.readouterr().out
+    assert "is not here: int8 is calibrated on procedural phantoms" in said and str(tmp_path / "gone") in said
+    rep = ModelPackage.load(tmp_path / "p").manifest.export_report
+    assert rep["quantisation"]["segment"]["calibration"]["source"] == "phantoms"
