@@ -7,7 +7,10 @@ segment stage of a package, quantised as export does (the package's calibration 
 concat split, percentile), with its most sensitive convolutions kept float. Layers are ranked
 on calibration inputs by the signal-to-quantisation-noise ratio of their output's Q/DQ pair
 (:func:`kidedge.export.int8_3d.sensitive_convs`), and scored on held-out phantoms at network
-resolution against fp32 (:func:`kidedge.export.fidelity.fidelity_report`).
+resolution against fp32 (:func:`kidedge.export.fidelity.fidelity_report`). The rows quantised
+here get no bias correction (:mod:`kidedge.export.bias_correction`); the "as shipped" row is
+the package's own file, with whatever its export applied (the committed results were measured
+before the built-in package had the correction).
 
 ONNX Runtime's CPU optimiser (``WeightBiasQuantization``) quantises a float Conv whose input
 and output are quantised, so a layer left float in the file may run int8. Rows are run two
@@ -43,13 +46,9 @@ class _Runner:
     """Logits of an ONNX file on ONNX Runtime's CPU provider, optionally without an optimiser."""
 
     def __init__(self, path: Path, disabled=(), threads: int = 2):
-        import onnxruntime as ort
+        from kidedge.export.onnx_export import ort_session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(disabled))
+        self.session = ort_session(path, threads, disabled_optimizers=list(disabled))
         self.name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

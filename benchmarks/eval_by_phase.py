@@ -37,11 +37,14 @@ def _appearance(data: Path, case: str) -> dict:
 def group(evaluations: list[dict], data: Path) -> dict:
     """``{precision: {group: {"cases": n, metric: mean, ...}}}`` by phase and by mode."""
     out: dict = {}
+    looks: dict[str, dict] = {}  # each case's source.json read once, not once per precision
     for ev in evaluations:
         for precision, res in ev["by_precision"].items():
             rows = out.setdefault(precision, {})
             for case, scores in res["per_case"].items():
-                look = _appearance(data, case)
+                if case not in looks:
+                    looks[case] = _appearance(data, case)
+                look = looks[case]
                 for key in (look.get("phase", "unknown"), f"mode: {look.get('mode', 'unknown')}", "all"):
                     g = rows.setdefault(key, {"cases": [], **{m: [] for m in METRICS}})
                     g["cases"].append(case)

@@ -50,7 +50,8 @@ def _bias_source(node, producers: dict, inits: dict):
 def _channel_means(model, tensors: list[str], inputs: np.ndarray, input_name: str, threads: int) -> list[np.ndarray]:
     """Per-channel means (all axes but 1) of ``tensors`` over ``inputs``, ORT optimisation off."""
     import onnx
-    import onnxruntime as ort
+
+    from kidedge.export.onnx_export import ort_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -58,10 +59,7 @@ def _channel_means(model, tensors: list[str], inputs: np.ndarray, input_name: st
     for t in tensors:
         if t not in present:
             m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    session = ort_session(m.SerializeToString(), threads, optimize=False)
     sums = None
     for i in range(0, len(inputs), BATCH):
         x = np.ascontiguousarray(inputs[i:i + BATCH], dtype=np.float32)

@@ -109,9 +109,11 @@ def export_onnx(model: torch.nn.Module, path: Path, example: np.ndarray, dimensi
     }
 
 
-def ort_session(path: Path, threads: int = 2, providers: list[str] | None = None, optimize: bool = True):
+def ort_session(path: Path | bytes, threads: int = 2, providers: list[str] | None = None, optimize: bool = True,
+                disabled_optimizers: list[str] | None = None):
     """An ONNX Runtime session with ``threads`` intra-op threads and full graph optimisation
-    (``optimize=False``: none, every node runs as written)."""
+    (``optimize=False``: none, every node runs as written; ``disabled_optimizers``: named
+    optimisers left out). ``path`` may also be a serialised model (bytes)."""
     import onnxruntime as ort
 
     level = ort.GraphOptimizationLevel
@@ -120,7 +122,9 @@ def ort_session(path: Path, threads: int = 2, providers: list[str] | None = None
     so.inter_op_num_threads = 1
     so.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers or []))
 
 
 def run_onnx(session, x: np.ndarray, batch: int = 4) -> np.ndarray:
