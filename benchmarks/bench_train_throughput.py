@@ -16,9 +16,11 @@ batches of 4 x 128 x 128, 3D patches of 16 x 64 x 64, a small fraction of the pa
 sizes (2D 512 x 512 slices; 3D 16 x 256 x 256, 64 x 96 x 96, 80 x 128 x 128), meant for a
 GPU.
 
-On CUDA (``--device cuda``) every model runs in four configurations: fp32 or mixed
-precision (bf16 autocast where supported, else fp16 autocast + GradScaler, as the
-trainer does), each with channels_last (channels_last_3d for 3D) off and on.
+Every model runs in four configurations: fp32 or mixed precision, each with channels_last
+(channels_last_3d for 3D) off and on. Mixed precision is the trainer's own
+(:class:`kidedge.train.optimisation.Precision`): on CUDA ``auto`` (bf16 autocast where
+supported, else fp16 autocast + GradScaler), on the CPU ``bf16`` (``kidedge train
+--precision bf16``), measured only where the CPU has native bf16.
 
 Usage:
     python benchmarks/bench_train_throughput.py [--device cpu|cuda] [--sizes cpu|paper]
@@ -45,6 +47,7 @@ import torch  # noqa: E402
 from kidedge.environment import machine_label  # noqa: E402
 from kidedge.train.losses import SegmentationLoss  # noqa: E402
 from kidedge.train.models import build_model, count_parameters  # noqa: E402
+from kidedge.train.optimisation import Precision, cpu_has_native_bf16  # noqa: E402
 
 # arch -> (kwargs, batch, input spatial size) per size set; sizes are (H, W) or (D, H, W)
 MODELS = {
@@ -70,7 +73,7 @@ class Config:
 
     def __init__(self, arch, kwargs, batch, size, device, amp: bool, channels_last: bool, seed: int = 0):
         self.arch, self.batch, self.size, self.device = arch, batch, tuple(size), device
-        self.amp, self.channels_last = amp, channels_last
+        self.channels_last = channels_last
         torch.manual_seed(seed)
         self.model = build_model(arch, in_channels=1, **kwargs).to(device).train()
         self.params = count_parameters(self.model)
@@ -87,19 +90,16 @@ class Config:
         if self.fmt is not None:
             self.x = self.x.contiguous(memory_format=self.fmt)
         self.y = torch.randint(0, classes, (batch, *size), generator=g).to(device)
-        self.dtype, self.scaler = None, None
-        if amp:
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            if self.dtype == torch.float16:
-                self.scaler = torch.amp.GradScaler("cuda")
+        mode = "fp32" if not amp else ("auto" if device.type == "cuda" else "bf16")
+        self.amp = Precision(device, mode)  # the trainer's own autocast and scaler
+        self.scaler = self.amp.scaler
 
     @property
     def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16-autocast", torch.float16: "fp16-autocast+scaler"}[self.dtype]
+        return self.amp.name
 
     def step(self) -> None:
-        ctx = torch.autocast("cuda", dtype=self.dtype) if self.dtype is not None else _null()
-        with ctx:
+        with self.amp.autocast():
             out = self.model(self.x)
         loss = self.loss(out, self.y)
         self.opt.zero_grad(set_to_none=True)
@@ -127,14 +127,6 @@ class Config:
         for s in self.size:
             voxels *= s
         return {"slices": n_slices, "voxels": voxels}
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main() -> int:
@@ -166,7 +158,8 @@ def main() -> int:
     sizes = args.sizes or ("paper" if device.type == "cuda" else "cpu")
     table = MODELS[sizes]
     archs = [a for a in table if not args.models or a in args.models.split(",")]
-    variants = [(False, False)] if device.type == "cpu" else [(a, c) for a in (False, True) for c in (False, True)]
+    amps = (False, True) if device.type == "cuda" or cpu_has_native_bf16() else (False,)
+    variants = [(a, c) for a in amps for c in (False, True)]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -243,6 +236,11 @@ def markdown(res: dict) -> str:
         lines.append(f"- SqueezeNet U-Net trains {sq['slices_per_s'] / rn['slices_per_s']:.1f}x as many slices/s as "
                      f"the ResNet34 U-Net on the same input (wall), {rn['step_cpu_s'] / sq['step_cpu_s']:.1f}x in CPU "
                      f"time, with {rn['parameters'] / sq['parameters']:.0f}x fewer parameters.")
+    for r in res["rows"]:
+        base = by.get((r["arch"], "fp32", False))
+        if base and (r["precision"] != "fp32" or r["channels_last"]) and r["input"] == base["input"]:
+            lines.append(f"- {r['arch']}, {r['precision']}, channels_last {'on' if r['channels_last'] else 'off'}: "
+                         f"{base['step_wall_s'] / r['step_wall_s']:.2f}x the steps/s of fp32 without it.")
     return "\n".join(lines) + "\n"
 
 

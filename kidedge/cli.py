@@ -104,6 +104,9 @@ def phantom(out_dir, cases, from_labels, training_set, bodies, kidneys, workers,
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory for checkpoints, metrics and curves.")
 @click.option("--epochs", type=click.IntRange(1, 100000), help="Override the recipe's epochs.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: mixed precision on CUDA, fp32 on the CPU; bf16: bf16 autocast on either "
+                   "(about 2x faster on CPUs with native bf16); fp32: no autocast.")
 @click.option("--resume/--no-resume", default=False, help="Resume from RUN_DIR's last checkpoint.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), help="Local ImageNet-pretrained encoder weights (off by default).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.batch_size=8.")
@@ -116,7 +119,8 @@ def phantom(out_dir, cases, from_labels, training_set, bodies, kidneys, workers,
               help="Folder of converted cases (default RUN_DIR/cache); runs on the same data may share one.")
 @click.option("--list", "list_recipes", is_flag=True, help="List the recipes and their sources.")
 @_one_line_errors
-def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init_from, keep_stages, cache, list_recipes):
+def train(recipe, data, out, epochs, device, precision, resume, pretrained, overrides, init_from, keep_stages, cache,
+          list_recipes):
     """Train a recipe from the papers on KiTS-layout data."""
     if list_recipes:
         fn = _library_call("kidedge.train.recipes", "print_recipe_list", "issue 4")
@@ -126,7 +130,7 @@ def train(recipe, data, out, epochs, device, resume, pretrained, overrides, init
         raise KidedgeError(f"train needs {', '.join(missing)} (or --list)")
     fn = _library_call("kidedge.train.loop", "train_recipe", "issue 4")
     return fn(recipe, data, out, epochs=epochs, device=device, resume=resume, pretrained=pretrained, overrides=list(overrides),
-              init_from=init_from, keep_stages=tuple(keep_stages), cache=cache)
+              init_from=init_from, keep_stages=tuple(keep_stages), cache=cache, precision=precision)
 
 
 @main.command()

@@ -14,7 +14,8 @@ One run directory holds everything export needs::
 Multi-stage recipes train their stages one after another
 (:class:`kidedge.train.stage_trainer.StageTrainer`). On CUDA: mixed precision
 (bf16 where supported, else fp16 with a GradScaler), channels_last for 2D, cudnn
-benchmark. CPU works (fp32). Under torchrun the model is wrapped in
+benchmark. CPU works: fp32, or ``precision="bf16"`` (bf16 autocast and channels_last, about
+twice as fast on CPUs with native bf16). Under torchrun the model is wrapped in
 DistributedDataParallel and each rank trains on its share of every epoch's draws.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from kidedge.train.checkpoint import load_resume_state, load_weights
 from kidedge.train.curves import plot_curves, write_metrics_csv
 from kidedge.train.data import CaseCache, discover_training_cases, load_split_file, make_split
 from kidedge.train.models import build_model
-from kidedge.train.optimisation import resolve_device, seed_everything
+from kidedge.train.optimisation import Precision, resolve_device, seed_everything
 from kidedge.train.recipes import load_recipe
 from kidedge.train.stage_trainer import StageTrainer
 from kidedge.train.validation import evaluate_cases
@@ -76,7 +78,7 @@ def _prepare_cases(run_dir: Path, r: dict, found, data, resume: bool, cache_dir=
 
 
 def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pretrained=None, overrides=(),
-                 init_from=None, keep_stages=(), cache=None) -> int:
+                 init_from=None, keep_stages=(), cache=None, precision="auto") -> int:
     """Train every stage of ``recipe`` on the labelled cases under ``data`` into ``out``.
 
     Args:
@@ -96,6 +98,8 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
             separate runs can be put together; keeping every stage only assembles them).
         cache: folder of converted cases (default ``out/cache``); runs on the same data
             may share one.
+        precision: ``auto`` (mixed precision on CUDA, fp32 on the CPU), ``fp32`` or ``bf16``
+            (:class:`kidedge.train.optimisation.Precision`).
 
     Returns 0; the run directory holds run.json, split.json, checkpoints, metrics.csv and
     curves.png.
@@ -108,6 +112,9 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
     if run_dir.exists() and not run_dir.is_dir():
         raise KidedgeError(f"{run_dir}: exists and is not a directory")
     dev = resolve_device(device)
+    amp = Precision(dev, precision)  # a bad --precision fails here, before any case is cached
+    if amp.note and ddp.is_main():
+        print(f"note: {amp.note}", file=sys.stderr, flush=True)
     distributed = ddp.init(dev)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -129,7 +136,7 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
         "kidedge_run": 1, "recipe": r["name"], "recipe_title": r["title"], "recipe_source": r["source"],
         "dimensionality": r["dimensionality"], "classes": CLASSES, "stages": [],
         "split": split, "data": str(Path(data).resolve()), "metrics": {},
-        "overrides": list(overrides or ()), "device": str(dev), "world_size": ddp.world_size(),
+        "overrides": list(overrides or ()), "device": str(dev), "precision": amp.name, "world_size": ddp.world_size(),
         "torch": torch.__version__,
     }
     if warm is not None:
@@ -158,7 +165,8 @@ def train_recipe(recipe, data, out, epochs=None, device="auto", resume=False, pr
         else:
             init = warm.weights(stage) if warm is not None else None
             context = warm.context_change(stage) if warm is not None else None
-            trainer = StageTrainer(run_dir, r, si, train_cases, val_cases, dev, epochs, pretrained, init, context)
+            trainer = StageTrainer(run_dir, r, si, train_cases, val_cases, dev, epochs, pretrained, init, context,
+                                   precision)
             entry, model = trainer.run(resume, rows)
         entries.append(entry)
         models.append(model)

@@ -59,7 +59,8 @@ class StageTrainer:
 
     def __init__(self, run_dir: Path, recipe: dict, stage_index: int, train_cases, val_cases,
                  device: torch.device, epochs_override: int | None, pretrained: str | None,
-                 init_weights: Path | None = None, init_context: tuple[int, int] | None = None):
+                 init_weights: Path | None = None, init_context: tuple[int, int] | None = None,
+                 precision: str = "auto"):
         self.run_dir, self.recipe, self.si = run_dir, recipe, stage_index
         self.stage = recipe["stages"][stage_index]
         self.dim = recipe["dimensionality"]
@@ -72,8 +73,10 @@ class StageTrainer:
         self.pretrained = pretrained
         self.init_weights = init_weights  # warm start (kidedge.train.warm_start)
         self.init_context = init_context  # (its slice context, the recipe's) where 2D grows to 2.5D
-        self.precision = Precision(device)
-        self.channels_last = device.type == "cuda" and self.dim == "2d"
+        self.precision = Precision(device, precision)
+        # channels_last for 2D on CUDA, and on the CPU with bf16 autocast, where oneDNN's bf16
+        # convolutions want it (fp32 CPU runs keep the layout the shipped recipes trained with)
+        self.channels_last = self.dim == "2d" and (device.type == "cuda" or self.precision.dtype is not None)
 
     # ------------------------------------------------------------------ setup
     def fit_spec(self):
