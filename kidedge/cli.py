@@ -106,7 +106,7 @@ def phantom(out_dir, cases, from_labels, training_set, bodies, kidneys, workers,
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: mixed precision on CUDA, fp32 on the CPU; bf16: bf16 autocast on either "
-                   "(about 2x faster on CPUs with native bf16); fp32: no autocast.")
+                   "(1.3-6.5x faster on CPUs with native bf16); fp32: no autocast.")
 @click.option("--resume/--no-resume", default=False, help="Resume from RUN_DIR's last checkpoint.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), help="Local ImageNet-pretrained encoder weights (off by default).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.batch_size=8.")

@@ -42,9 +42,10 @@ class Precision:
     ``auto``: bf16 autocast on CUDA GPUs that support it, fp16 + GradScaler on older ones,
     plain fp32 on the CPU (the shipped recipes' CPU runs were fp32). ``fp32``: no autocast
     anywhere. ``bf16``: bf16 autocast on either device; on a CPU with native bf16
-    (``CPU_BF16_FLAGS``, e.g. AMD Zen 4, Intel Cooper Lake and later) a 2D training step runs
-    about 2x as fast as fp32 (``benchmarks/bench_train_throughput.py --device cpu``). The
-    weights, the optimiser state and the loss stay fp32 either way.
+    (``CPU_BF16_FLAGS``, e.g. AMD Zen 4, Intel Cooper Lake and later) training steps ran
+    1.3-1.6x as fast as fp32 for the 2D U-Nets and 4.5-6.5x for the 3D networks
+    (``benchmarks/results/train_throughput.md``). The weights, the optimiser state and the
+    loss stay fp32 either way.
     """
 
     def __init__(self, device: torch.device, mode: str = "auto"):
