@@ -26,11 +26,13 @@ sys.path.insert(0, str(ROOT))
 from kidedge.io import load_label_map  # noqa: E402
 from kidedge.kidney_review import (  # noqa: E402
     MASS_MIN_CONTACT_FRACTION,
+    MASS_MIN_ML,
     MASS_MIN_SPHERICITY,
     MASS_ROUND_FROM_ML,
     PIECE_ML,
     review_segmentation,
 )
+from kidedge.metrics import dice  # noqa: E402
 
 SETS = ("kits19-labels", "kits23-labels")
 
@@ -53,8 +55,12 @@ def main(argv=None) -> int:
             case = f"{name}/{path.parent.name}"
             masses += [{**m, "case": case} for m in findings["masses"]]
             kidneys += [{"ml": c["ml"], "case": case} for c in findings["components"]]
-            removed.append({"case": case, "ml": float(np.count_nonzero(out != np.asarray(labels))) * float(
-                np.prod(scan.spacing)) / 1000})
+            truth = np.asarray(labels)
+            removed.append({"case": case, "ml": float(np.count_nonzero(out != truth)) * float(
+                np.prod(scan.spacing)) / 1000,
+                # what the review costs a perfect prediction (maps with masses)
+                "masses_dice": dice(out >= 2, truth >= 2) if (truth >= 2).any() else None,
+                "masses_left": bool((out >= 2).any())})
             cases += 1
             print(case, flush=True)
     big = [m for m in masses if m["ml"] >= MASS_ROUND_FROM_ML]
@@ -75,8 +81,13 @@ def main(argv=None) -> int:
                               "smaller_over_larger": _pct([b / a for a, b in two if b >= PIECE_ML])},
         "review_removes_from_truth_ml": _pct([r["ml"] for r in removed]),
         "masses_from_1ml_removed": [m for m in big if not m["kept"]],
+        "masses_read_as_kidney": sum(m["became"] == "kidney" for m in masses),
+        "truth_masses_dice_after_review": _pct([r["masses_dice"] for r in removed if r["masses_dice"] is not None]),
+        "truth_masses_dice_after_review_mean": round(float(np.mean(
+            [r["masses_dice"] for r in removed if r["masses_dice"] is not None])), 4),
+        "maps_left_without_masses": [r["case"] for r in removed if r["masses_dice"] is not None and not r["masses_left"]],
         "thresholds": {"MASS_MIN_CONTACT_FRACTION": MASS_MIN_CONTACT_FRACTION,
-                       "MASS_MIN_SPHERICITY": MASS_MIN_SPHERICITY, "PIECE_ML": PIECE_ML},
+                       "MASS_MIN_SPHERICITY": MASS_MIN_SPHERICITY, "MASS_MIN_ML": MASS_MIN_ML, "PIECE_ML": PIECE_ML},
     }
     out = Path(args.out)
     (out / "kits_label_statistics.json").write_text(json.dumps(result, indent=1))
@@ -93,6 +104,12 @@ def main(argv=None) -> int:
         f"| sphericity (ball surface of equal volume / voxel-face surface) | {m['sphericity']['p0']} | "
         f"{m['sphericity']['p1']} | {m['sphericity']['p5']} | {m['sphericity']['p50']} | >= {MASS_MIN_SPHERICITY} |", "",
         f"Real masses from {MASS_ROUND_FROM_ML:g} mL the review would remove: {len(result['masses_from_1ml_removed'])}.", "",
+        f"Real mass components under {MASS_MIN_ML:g} mL the review reads as kidney (rule 1c): "
+        f"{result['masses_read_as_kidney']} of {m['count']} (most are fragments beside a larger mass). "
+        "Masses Dice of the truth after the review against the truth, over the label maps with masses: "
+        f"mean {result['truth_masses_dice_after_review_mean']}, lowest "
+        f"{result['truth_masses_dice_after_review']['p0']}, 1st pct {result['truth_masses_dice_after_review']['p1']}; "
+        f"label maps left without any mass: {len(result['maps_left_without_masses'])}.", "",
         "Kidney components (kidney with its masses), the two largest per label map: "
         f"lowest {k['largest_two_ml']['p0']} mL, 1st pct {k['largest_two_ml']['p1']}, median "
         f"{k['largest_two_ml']['p50']}, 99th pct {k['largest_two_ml']['p99']}, largest {k['largest_two_ml']['p100']} mL; "

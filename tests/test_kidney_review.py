@@ -7,6 +7,7 @@ import pytest
 from kidedge.body_landmarks import BodyLandmarks
 from kidedge.kidney_review import (
     MASS_MIN_CONTACT_FRACTION,
+    MASS_MIN_ML,
     MASS_MIN_SPHERICITY,
     PIECE_ML,
     review_segmentation,
@@ -97,6 +98,26 @@ def test_a_mass_must_share_a_broad_face_with_kidney_and_be_round():
     assert any(w.startswith("removed") and "tumour/cyst" in w for w in warnings)
     legacy = postprocess_labels(lab, SPACING)  # the old rule: (b), (c) and (d) touch kidney
     assert legacy[22, 128, 62] == 2 and legacy[10, 50, 250] == 2 and (legacy == 3).any()
+
+
+def test_a_mass_under_half_a_millilitre_is_read_as_kidney():
+    lab = normal_pair()
+    ellipsoid(lab, 2, (20, KIDNEY_ROW, LEFT_COL + 25), (15, 15, 15))  # a real-sized tumour stays
+    speck = (20, KIDNEY_ROW - 24, RIGHT_COL)  # a few voxels of "tumour" on the right kidney's front
+    lab[speck[0]:speck[0] + 2, speck[1] - 3:speck[1] + 2, speck[2] - 4:speck[2] + 5] = 2
+    cyst = (20, KIDNEY_ROW, RIGHT_COL)  # a 0.3 mL cyst inside the right kidney
+    ellipsoid(lab, 3, cyst, (5, 4, 4))
+    speck_ml, tumour_ml = ml(lab[:, :, :150], 2), ml(lab[:, :, 150:], 2)
+    assert 0 < speck_ml < MASS_MIN_ML and 0 < ml(lab, 3) < MASS_MIN_ML and tumour_ml > 10
+    out, volumes, warnings, findings = review_segmentation(lab, SPACING, AFFINE, landmarks())
+    assert out[speck] == 1 and out[cyst] == 1  # parenchyma now, not background
+    assert ml(out, 3) == 0 and ml(out[:, :, :150], 2) == 0 and ml(out[:, :, 150:], 2) == tumour_ml
+    assert ml(out) == ml(lab)  # the kidney keeps its volume
+    small = [m for m in findings["masses"] if not m["kept"]]
+    assert len(small) == 2 and {m["became"] for m in small} == {"kidney"}
+    assert all(m["reason"] == f"under {MASS_MIN_ML:g} mL" for m in small)
+    assert volumes["sides"]["right"]["masses_ml"] == 0
+    assert not any("tumour/cyst" in w for w in warnings)  # nothing was removed
 
 
 def test_pieces_and_second_objects_on_one_side():
@@ -228,7 +249,11 @@ def test_real_masses_nearest_the_thresholds_are_kept():
         lost = [m for m in findings["masses"] if not m["kept"] and m["ml"] >= 1.0]
         gone = [c for c in findings["components"] if not c["kept"] and c["ml"] >= PIECE_ML]
         assert not lost and not gone, (case, lost, gone)
-        assert np.count_nonzero(out != labels) * np.prod(scan.spacing) / 1000 < 1.0, case
+        # beyond specks under MASS_MIN_ML read as kidney (rule 1c), the truth stays as it was
+        read_as_kidney = (labels >= 2) & (out == 1)
+        assert all(m["ml"] < MASS_MIN_ML for m in findings["masses"] if m["became"] == "kidney"), case
+        assert np.count_nonzero((out != labels) & ~read_as_kidney) * np.prod(scan.spacing) / 1000 < 1.0, case
+        assert np.count_nonzero(read_as_kidney) * np.prod(scan.spacing) / 1000 < 2.0, case
         assert min(m["contact_fraction"] for m in findings["masses"] if m["ml"] >= 1.0) < 0.08 or "470" in case
 
 

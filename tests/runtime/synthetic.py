@@ -52,10 +52,12 @@ def make_ct(shape=(24, 64, 64), kidney_slices=(8, 16), seed=0):
             m = ((yy - 0.55 * h) / (0.12 * h * rad)) ** 2 + ((xx - cx) / (0.08 * w * rad)) ** 2 <= 1
             hu[k][m] = KIDNEY_HU
             truth[k][m] = 1
+    # the tumour: 0.6 mL at the default size (2 mm x 1 mm x 1 mm voxels), above the review's
+    # 0.5 mL floor for a mass (kidedge.kidney_review.MASS_MIN_ML), so an exact model keeps it
     k = int(round(zc))
-    m = ((yy - 0.55 * h) ** 2 + (xx - 0.7 * w) ** 2) <= (0.04 * w) ** 2
-    hu[k - 1:k + 2][:, m] = TUMOUR_HU
-    truth[k - 1:k + 2][:, m] = 2
+    m = ((yy - 0.55 * h) ** 2 + (xx - 0.7 * w) ** 2) <= (0.07 * w) ** 2
+    hu[k - 2:k + 3][:, m] = TUMOUR_HU
+    truth[k - 2:k + 3][:, m] = 2
     hu += rng.integers(-5, 6, size=shape).astype(np.int16)  # noise far from the thresholds
     return hu, truth
 
