@@ -52,3 +52,13 @@ def test_bf16_training_on_cpu_learns_and_is_recorded(phantom_data, tmp_path):
     # the checkpoint is fp32 weights, loadable by export as always
     state = torch.load(out / "segment" / "best.pt", map_location="cpu", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state.values())
+
+
+def test_cpu_bf16_without_native_support_says_so(monkeypatch):
+    from kidedge.train import optimisation
+
+    monkeypatch.setattr(optimisation, "cpu_has_native_bf16", lambda: False)
+    assert "emulated" in Precision(torch.device("cpu"), "bf16").note
+    monkeypatch.setattr(optimisation, "cpu_has_native_bf16", lambda: True)
+    assert Precision(torch.device("cpu"), "bf16").note is None
+    assert Precision(torch.device("cpu"), "auto").note is None
