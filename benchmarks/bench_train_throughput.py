@@ -92,7 +92,6 @@ class Config:
         self.y = torch.randint(0, classes, (batch, *size), generator=g).to(device)
         mode = "fp32" if not amp else ("auto" if device.type == "cuda" else "bf16")
         self.amp = Precision(device, mode)  # the trainer's own autocast and scaler
-        self.scaler = self.amp.scaler
 
     @property
     def precision(self) -> str:
@@ -103,10 +102,11 @@ class Config:
             out = self.model(self.x)
         loss = self.loss(out, self.y)
         self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
+        scaler = self.amp.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(self.opt)
+            scaler.update()
         else:
             loss.backward()
             self.opt.step()

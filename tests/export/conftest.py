@@ -43,6 +43,17 @@ class TinyUNet(nn.Module):
         return self.head(self.dec(torch.cat([a, b], 1)))
 
 
+def prepared_tiny_unet(folder: Path, x: np.ndarray) -> Path:
+    """An untrained TinyUNet (seed 0) exported to ``folder/fp32.onnx`` with ``x[:1]`` as the
+    example, and ORT's quantisation pre-processing of it (``folder/prep.onnx``, returned)."""
+    from kidedge.export.onnx_export import export_onnx
+    from kidedge.export.quantize import prepare_for_quantization
+
+    torch.manual_seed(0)
+    export_onnx(TinyUNet().eval(), folder / "fp32.onnx", x[:1])
+    return prepare_for_quantization(folder / "fp32.onnx", folder / "prep.onnx")
+
+
 def tiny_factory(arch: str, **kwargs) -> nn.Module:
     assert arch == "tiny_unet", arch
     return TinyUNet(**kwargs)

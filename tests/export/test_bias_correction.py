@@ -8,27 +8,23 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 from kidedge.export.bias_correction import correct_biases
 from kidedge.export.calibration import SliceCalibrationReader
-from kidedge.export.onnx_export import export_onnx, ort_session, run_onnx
-from kidedge.export.quantize import prepare_for_quantization, quantize_int8
+from kidedge.export.onnx_export import ort_session, run_onnx
+from kidedge.export.quantize import quantize_int8
 
-from .conftest import TinyUNet
+from .conftest import prepared_tiny_unet
 
 
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("biascorr")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
     # structured inputs (smooth blobs), so layer means are not all near zero
-    x = rng.random((24, 1, 64, 64), dtype=np.float32)
+    x = np.random.default_rng(0).random((24, 1, 64, 64), dtype=np.float32)
     x = (x + np.roll(x, 1, -1) + np.roll(x, 1, -2)) / 3
-    export_onnx(TinyUNet().eval(), d / "fp32.onnx", x[:1])
-    prep = prepare_for_quantization(d / "fp32.onnx", d / "prep.onnx")
+    prep = prepared_tiny_unet(d, x)
     quantize_int8(prep, d / "int8.onnx", SliceCalibrationReader(x), "int8-trt", "minmax", [])
     return d, prep, x
 

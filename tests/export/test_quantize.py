@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 from kidedge.errors import KidedgeError
 from kidedge.export.calibration import SliceCalibrationReader
-from kidedge.export.onnx_export import compare_logits, export_onnx, ort_session, run_onnx
+from kidedge.export.onnx_export import compare_logits, ort_session, run_onnx
 from kidedge.export.quantize import (
     conv_nodes,
     float_node_rule,
@@ -22,18 +21,14 @@ from kidedge.export.quantize import (
     variant_settings,
 )
 
-from .conftest import TinyUNet
+from .conftest import prepared_tiny_unet
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     d = tmp_path_factory.mktemp("quant")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    x = rng.random((8, 1, 64, 64), dtype=np.float32)
-    export_onnx(TinyUNet().eval(), d / "fp32.onnx", x[:1])
-    prep = prepare_for_quantization(d / "fp32.onnx", d / "prep.onnx")
-    return d, prep, x
+    x = np.random.default_rng(0).random((8, 1, 64, 64), dtype=np.float32)
+    return d, prepared_tiny_unet(d, x), x
 
 
 def _inits(path):
