@@ -6,8 +6,10 @@ Both run the same model package as kidedge (its ``torch`` state_dicts, rebuilt w
 (:func:`kidedge.preprocess.preprocess_slices`), the same cascade box
 (:class:`kidedge.runtime.gating.CascadeGate`) and the same post-processing
 (:func:`kidedge.postprocess.review_segmentation` on the labels' box, with the body
-landmarks measured on the same slices, and the volumes in mL), so the benchmark
-measures how inference is executed, not a different computation:
+landmarks measured on the same slices, and the volumes in mL; a stage's through-plane
+smoothing with :func:`kidedge.runtime.through_plane.smooth_probabilities` on the whole
+stage's logits), so the benchmark measures how inference is executed, not a different
+computation:
 
 * :class:`PapersWay` -- how the papers' code runs a 2D model: the whole scan loaded as a
   float volume with nibabel (``get_fdata``, float64), each stage's input preprocessed for
@@ -40,6 +42,7 @@ import numpy as np
 
 from kidedge.package import Stage
 from kidedge.preprocess import context_indices, output_size, preprocess_slices
+from kidedge.runtime.through_plane import smooth_probabilities, through_plane_weights
 
 
 class _Timer:
@@ -127,6 +130,10 @@ class TorchBaseline:
         timer.add(f"{stage.name}.infer", t0)
         t0 = time.perf_counter()
         content = output_size(spec, plane, spacing[1:])
+        weights = through_plane_weights(float(spacing[0]), stage.output.through_plane_sigma_mm)
+        if weights.size > 1:  # the package's post-processing: probabilities averaged over slices
+            logits = self.torch.from_numpy(smooth_probabilities(
+                logits[:, :, :content[0], :content[1]].numpy(), weights))
         target = tuple(plane) if grid == "scan" else tuple(content)
         labels = self._logits_to_labels(logits, stage, content, target)
         timer.add(f"{stage.name}.argmax", t0)

@@ -97,6 +97,9 @@ class Manifest:
         for s in stages:
             if s.roi is not None and (s.roi.source_stage not in names or s.roi.source_stage == s.name):
                 raise KidedgeError(f"{source}: stage {s.name!r} roi must name another stage as source_stage")
+            if s.output.through_plane_sigma_mm and d["dimensionality"] != "2d":
+                raise KidedgeError(f"{source}: stage {s.name!r} through_plane_sigma_mm is for 2D stages (a 3D "
+                                   "network already sees its neighbours)")
         files = d.get("files") or {}
         return cls(
             name=d["name"], architecture=d["architecture"], dimensionality=d["dimensionality"],

@@ -162,6 +162,9 @@ class StageOutput:
         activation: ``"softmax"`` (arg-max channel) or ``"sigmoid"`` (each channel > 0.5).
         labels: the label value each channel stands for.
         regions: the ground-truth label sets each channel was trained on, when recorded.
+        through_plane_sigma_mm: a 2D softmax stage's class probabilities averaged over
+            neighbouring slices with a Gaussian of this sigma before the arg-max
+            (:mod:`kidedge.runtime.through_plane`); 0 (the default): each slice alone.
     """
 
     activation: str
@@ -169,22 +172,30 @@ class StageOutput:
     name: str = "logits"
     regions: tuple[tuple[int, ...], ...] | None = None
     extra: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    through_plane_sigma_mm: float = 0.0
 
-    FIELDS = ("name", "activation", "labels", "regions")
+    FIELDS = ("name", "activation", "labels", "regions", "through_plane_sigma_mm")
 
     @classmethod
     def from_dict(cls, d: object, where: str) -> StageOutput:
         if not isinstance(d, Mapping) or d.get("activation") not in ACTIVATIONS or not isinstance(d.get("labels"), list):
             raise KidedgeError(f"{where} output needs activation in {ACTIVATIONS} and a labels list")
         regions = d.get("regions")
+        sigma = d.get("through_plane_sigma_mm", 0.0)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < 1000:
+            raise KidedgeError(f"{where} output.through_plane_sigma_mm must be a number of mm >= 0, got {sigma!r}")
+        if sigma and d["activation"] != "softmax":
+            raise KidedgeError(f"{where} output.through_plane_sigma_mm needs a softmax output")
         return cls(d["activation"], tuple(int(v) for v in d["labels"]), str(d.get("name", "logits")),
                    None if regions is None else tuple(tuple(int(v) for v in r) for r in regions),
-                   frozen({k: v for k, v in d.items() if k not in cls.FIELDS}))
+                   frozen({k: v for k, v in d.items() if k not in cls.FIELDS}), float(sigma))
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "activation": self.activation, "labels": list(self.labels)}
         if self.regions is not None:
             d["regions"] = [list(r) for r in self.regions]
+        if self.through_plane_sigma_mm:
+            d["through_plane_sigma_mm"] = self.through_plane_sigma_mm
         return {**d, **plain(self.extra)}
 
 

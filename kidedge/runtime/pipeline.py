@@ -18,7 +18,10 @@ decompression / preprocessing (numpy and zlib release the GIL) run while the eng
 computes. A cascade's region is cut out while reading (only the crop is copied), and a
 localiser can run on every k-th slice only (``slice_step``). The float32 network input and logits exist only for what is in flight; the
 labeller turns logits into uint8 labels micro-batch by micro-batch
-(:func:`kidedge.runtime.labels.logits_to_labels`) and hands them to ``sink``.
+(:func:`kidedge.runtime.labels.logits_to_labels`) and hands them to ``sink``; a stage
+whose output asks for through-plane smoothing has its probabilities averaged over
+neighbouring slices first (:mod:`kidedge.runtime.through_plane`), the labeller holding
+only the slices that average still needs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from kidedge.runtime.backends.base import Backend
 from kidedge.runtime.gating import RegionOfInterest
 from kidedge.runtime.labels import logits_to_labels
 from kidedge.runtime.profiling import Profiler
+from kidedge.runtime.through_plane import ThroughPlaneSmoother, through_plane_weights
 from kidedge.shape_buckets import bucket_for, describe
 
 _DONE = object()
@@ -214,6 +218,21 @@ def run_stage(
                 return
         _put(q_in, _DONE, abort)
 
+    # a 2D segmenter's probabilities averaged over neighbouring slices (the package asks
+    # for it): the labeller holds the few slices the average still needs
+    weights = through_plane_weights(float(scan.spacing[0]), stage.output.through_plane_sigma_mm)
+    smoother = ThroughPlaneSmoother(weights) if weights.size > 1 and slice_step == 1 else None
+
+    def to_sink(a: int, b: int, scores: np.ndarray) -> None:
+        with profiler.stage(f"{name}.labels"):
+            labels = logits_to_labels(scores, stage.output, content, target)
+        with profiler.stage(f"{name}.sink"):
+            sink(a, b, labels)
+
+    def smoothed_to_sink(ready: tuple[int, np.ndarray] | None) -> None:
+        if ready is not None:  # consecutive slices (the smoother runs where slice_step is 1)
+            to_sink(ready[0], ready[0] + ready[1].shape[0], ready[1])
+
     def label() -> None:
         # micro-batches may finish out of order (parallel infer calls): the sink still
         # gets them in slice order, from the few held here until their turn
@@ -225,6 +244,8 @@ def run_stage(
             except queue.Empty:
                 continue
             if item is _DONE:
+                if smoother is not None:
+                    smoothed_to_sink(smoother.finish())
                 return
             seq, a, b, logits = item
             pending[seq] = (a, b, logits)
@@ -232,11 +253,13 @@ def run_stage(
             while turn in pending:
                 a, b, logits = pending.pop(turn)
                 turn += 1
-                with profiler.stage(f"{name}.labels"):
-                    labels = logits_to_labels(logits, stage.output, content, target)
+                if smoother is None:
+                    to_sink(a, b, logits)
+                else:
+                    with profiler.stage(f"{name}.smooth"):
+                        ready = smoother.push(a, logits[:, :, :content[0], :content[1]])
+                    smoothed_to_sink(ready)
                 del logits
-                with profiler.stage(f"{name}.sink"):
-                    sink(a, b, labels)
 
     def infer(seq: int, first: int, xb: np.ndarray) -> bool:
         """One micro-batch through the engine, its logits to the labeller."""

@@ -233,7 +233,9 @@ class StageTrainer:
             "model_kwargs": dict(stage["model_kwargs"]),
             "preprocess": spec.to_dict(),
             "output": {"activation": stage["output"]["activation"], "labels": list(stage["output"]["labels"]),
-                       "regions": [list(r) for r in stage["output"]["regions"]]},
+                       "regions": [list(r) for r in stage["output"]["regions"]],
+                       **({"through_plane_sigma_mm": float(stage["output"]["through_plane_sigma_mm"])}
+                          if stage["output"].get("through_plane_sigma_mm") else {})},
             "checkpoint": f"{stage['name']}/best.pt",
             "last_checkpoint": f"{stage['name']}/last.pt",
             "metrics": {"best_epoch": best_epoch, "epochs_run": len(history),

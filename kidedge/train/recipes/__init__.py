@@ -14,7 +14,8 @@ Layout of a recipe (see the files for full examples)::
       [stages.model]       constructor kwargs of kidedge.train.models.build_model(arch)
       [stages.preprocess]  PreprocessSpec fields, plus fit_zscore (fit mean/std on train)
       [stages.output]      activation, labels (label of each channel), regions (the GT
-                           labels each channel is trained on)
+                           labels each channel is trained on), through_plane_sigma_mm
+                           (2D softmax: the runtime averages probabilities over slices)
       [stages.roi]         segment stage of a cascade: source_stage, labels, margin_mm, jitter_mm,
                            context ("floor" or "scan": what it sees outside its box)
       [stages.train]       optimizer, lr, schedule, batch_size, epochs, loss, ...
@@ -67,7 +68,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "noise_std": _NUM, "intensity_scale": _NUM, "intensity_shift": _NUM, "gamma": (list,),
         "blur_sigma": (list,), "probability": _NUM,
     },
-    "output": {"activation": (str,), "labels": (list,), "regions": (list,)},
+    "output": {"activation": (str,), "labels": (list,), "regions": (list,), "through_plane_sigma_mm": _NUM},
     "roi": {"source_stage": (str,), "labels": (list,), "margin_mm": _NUM, "jitter_mm": _NUM, "context": (str,)},
     "split": {"seed": (int,), "train": _NUM, "val": _NUM, "test": _NUM, "file": (str,)},
 }
@@ -196,6 +197,9 @@ def _validate_stage(s: dict, i: int, names: list[str], dim: str) -> dict:
     _check(len(regions) == len(labels) and all(isinstance(r, list) for r in regions), where,
            "output.regions needs one list of GT labels per channel")
     out["regions"] = regions
+    sigma = out.get("through_plane_sigma_mm", 0.0)
+    _check(sigma >= 0 and (not sigma or (dim == "2d" and out["activation"] == "softmax")), where,
+           "output.through_plane_sigma_mm must be >= 0, and only a 2D softmax stage can have one")
     pre = dict(s.get("preprocess", {}))
     fit_z = bool(pre.pop("fit_zscore", False))
     pre.pop("source", None)
