@@ -60,7 +60,7 @@ def smooth_probabilities(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return p
     n = p.shape[0]
     out = np.zeros_like(p)
-    for j, w in zip(range(-reach, reach + 1), weights):
+    for j, w in zip(range(-reach, reach + 1), weights, strict=True):
         out += w * p[np.clip(np.arange(n) + j, 0, n - 1)]
     return out
 
@@ -106,7 +106,7 @@ class ThroughPlaneSmoother:
         tmp = np.empty(self._slices[0].shape, np.float32)
         hi = self._received - 1 if last is None else last
         for i, k in enumerate(ks):
-            for j, w in zip(range(-self.reach, self.reach + 1), self.weights):
+            for j, w in zip(range(-self.reach, self.reach + 1), self.weights, strict=True):
                 src = self._slices[min(max(k + j, 0), hi) - self._first]
                 np.multiply(src, w, out=tmp)
                 out[i] += tmp

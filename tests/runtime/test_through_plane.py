@@ -11,7 +11,11 @@ from kidedge.package.manifest import Manifest
 from kidedge.runtime.gating import RegionOfInterest
 from kidedge.runtime.pipeline import run_stage
 from kidedge.runtime.profiling import Profiler
-from kidedge.runtime.through_plane import ThroughPlaneSmoother, smooth_probabilities, through_plane_weights
+from kidedge.runtime.through_plane import (
+    ThroughPlaneSmoother,
+    smooth_probabilities,
+    through_plane_weights,
+)
 
 from .synthetic import kits_affine, write_nifti
 from .test_pipeline import STAGE, SideBySide, Threshold
@@ -55,9 +59,8 @@ def test_streaming_equals_the_whole_stack(cuts):
             parts.append(ready)
     if (ready := sm.finish()) is not None:
         parts.append(ready)
-    firsts = [p[0] for p in parts]
-    assert firsts[0] == 100 and all(b == a + len(p[1]) for (a, p), b in zip(zip(firsts, [q for q in parts]),
-                                                                           firsts[1:], strict=False))
+    assert parts[0][0] == 100  # the caller's slice numbers, consecutive
+    assert all(q[0] == p[0] + len(p[1]) for p, q in zip(parts, parts[1:], strict=False))
     np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), smooth_probabilities(z, w), atol=1e-6)
     assert len(sm._slices) <= w.size  # only the slices the average still needs are held
 
