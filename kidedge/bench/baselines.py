@@ -7,9 +7,8 @@ Both run the same model package as kidedge (its ``torch`` state_dicts, rebuilt w
 (:class:`kidedge.runtime.gating.CascadeGate`) and the same post-processing
 (:func:`kidedge.postprocess.review_segmentation` on the labels' box, with the body
 landmarks measured on the same slices, and the volumes in mL; a stage's through-plane
-smoothing with :func:`kidedge.runtime.through_plane.smooth_probabilities` on the whole
-stage's logits), so the benchmark measures how inference is executed, not a different
-computation:
+smoothing on the whole stage's logits, in torch: :func:`smooth_probabilities_torch`), so
+the benchmark measures how inference is executed, not a different computation:
 
 * :class:`PapersWay` -- how the papers' code runs a 2D model: the whole scan loaded as a
   float volume with nibabel (``get_fdata``, float64), each stage's input preprocessed for
@@ -42,7 +41,7 @@ import numpy as np
 
 from kidedge.package import Stage
 from kidedge.preprocess import context_indices, output_size, preprocess_slices
-from kidedge.runtime.through_plane import smooth_probabilities, through_plane_weights
+from kidedge.runtime.through_plane import through_plane_weights
 
 
 class _Timer:
@@ -132,8 +131,7 @@ class TorchBaseline:
         content = output_size(spec, plane, spacing[1:])
         weights = through_plane_weights(float(spacing[0]), stage.output.through_plane_sigma_mm)
         if weights.size > 1:  # the package's post-processing: probabilities averaged over slices
-            logits = self.torch.from_numpy(smooth_probabilities(
-                logits[:, :, :content[0], :content[1]].numpy(), weights))
+            logits = smooth_probabilities_torch(self.torch, logits[:, :, :content[0], :content[1]], weights)
         target = tuple(plane) if grid == "scan" else tuple(content)
         labels = self._logits_to_labels(logits, stage, content, target)
         timer.add(f"{stage.name}.argmax", t0)
@@ -276,6 +274,20 @@ class MonaiSliceInferer(TorchBaseline):
                                     progress=False)
         logits = inferer(volume.to(self.device), model)  # (1, K, n, h, w)
         return logits[0].permute(1, 0, 2, 3).float().cpu()
+
+
+def smooth_probabilities_torch(torch, logits, weights: np.ndarray):
+    """:func:`kidedge.runtime.through_plane.smooth_probabilities` in torch, as a torch user
+    would write it for a whole stage's ``(n, K, h, w)`` logits: softmax, the end slices
+    repeated, one in-place weighted add per neighbour (multi-threaded; faster here than a
+    depthwise conv3d: 0.6 s against 1.0 s for 307 crops of 129 x 289 with 33 weights)."""
+    p = torch.softmax(logits.float(), dim=1)
+    n, reach = p.shape[0], weights.size // 2
+    padded = p[torch.clamp(torch.arange(-reach, n + reach), 0, n - 1)]
+    out = torch.zeros_like(p)
+    for j, w in enumerate(weights):
+        out.add_(padded[j:j + n], alpha=float(w))
+    return out
 
 
 def _review_landmarks(labels: np.ndarray, volume: np.ndarray, affine, spacing):

@@ -136,3 +136,13 @@ def test_recipe_refuses_a_sigma_on_a_3d_stage():
 
     with pytest.raises(KidedgeError, match="through_plane_sigma_mm"):
         load_recipe("cascade3d_kits21", overrides=["masses.output.through_plane_sigma_mm=4.0"])
+
+
+def test_the_baselines_torch_smoothing_gives_the_runtimes_numbers():
+    torch = pytest.importorskip("torch")
+    from kidedge.bench.baselines import smooth_probabilities_torch
+
+    z = np.random.default_rng(2).normal(size=(9, 4, 5, 7)).astype(np.float32)
+    w = through_plane_weights(1.0, 2.0)
+    got = smooth_probabilities_torch(torch, torch.from_numpy(z), w).numpy()
+    np.testing.assert_allclose(got, smooth_probabilities(z, w), atol=1e-6)
