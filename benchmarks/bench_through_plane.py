@@ -70,11 +70,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "kidedge" / "models" / "default"))
     ap.add_argument("--data", required=True)
-    ap.add_argument("--split", required=True)
+    ap.add_argument("--split", help="a training run's split.json (default: every labelled case under --data)")
     ap.add_argument("--part", default="val", choices=("train", "val", "test"))
     ap.add_argument("--sigmas", default="0,1.5,3,4,5,8,12", help="comma-separated, mm")
     ap.add_argument("--precision", nargs="+", default=["int8"], choices=("int8", "fp32"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--name", default="through_plane", help="report file name (.md and .json)")
     args = ap.parse_args(argv)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     free = tumour_free_cases(args.data, args.split, args.part)
@@ -87,21 +88,24 @@ def main(argv=None) -> int:
                                   precisions=tuple(args.precision), progress=False)
             for precision, r in ev["by_precision"].items():
                 rows.append({"sigma_mm": sigma, "precision": precision, "cases": len(r["per_case"]),
-                             **summarise(r["per_case"], free)})
-                print(json.dumps(rows[-1]))
+                             **summarise(r["per_case"], free),
+                             "per_case": {c: {k: round(s[k], 4) for k in ("kidney_dice", "tumour_dice")}
+                                          for c, s in r["per_case"].items()}})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_case"}))
             shutil.rmtree(pkg)
             print(f"sigma {sigma:g} mm: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     out = Path(args.out)
     package_name = json.loads((Path(args.model) / MANIFEST_NAME).read_text())["name"]
     report = {"kidedge_through_plane": 1, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "package": package_name, "data": Path(args.data).name, "split": Path(args.split).name,
+              "package": package_name, "data": Path(args.data).name, "split": Path(args.split).name if args.split else None,
               "part": args.part, "rows": rows}
-    (out / "through_plane.json").write_text(json.dumps(report, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     lines = [
         "# Through-plane smoothing of the segmenter's probabilities",
         "",
-        f"Package `{report['package']}`; {rows[0]['cases']} phantoms, the `{args.part}` part of "
-        f"`{report['split']}` (data `{report['data']}`), scored end to end by `kidedge evaluate --package` "
+        f"Package `{report['package']}`; {rows[0]['cases']} phantoms, "
+        + (f"the `{args.part}` part of `{report['split']}`" if args.split else "every labelled case")
+        + f" (data `{report['data']}`), scored end to end by `kidedge evaluate --package` "
         "(streaming runtime, cascade gating, kidney review) with the segmenter's class probabilities "
         "averaged over neighbouring slices by a Gaussian of sigma mm (0: each slice alone). "
         f"{len(free)} of these phantoms have no tumour: KiTS scoring gives such a case tumour Dice 1 "
@@ -114,10 +118,17 @@ def main(argv=None) -> int:
         lines.append(f"| {r['sigma_mm']:g} | {r['precision']} | {r['kidney_dice']:.4f} | {r['tumour_dice']:.4f} | "
                      f"{r['tumour_dice_cases_with_tumour']:.4f} | {r['tumour_free_cases_left_empty']} / "
                      f"{r['tumour_free_cases']} |")
-    lines += ["", "Command: `python benchmarks/bench_through_plane.py --data DATA --split SPLIT "
-              f"--part {args.part} --sigmas {args.sigmas}`.", ""]
-    (out / "through_plane.md").write_text("\n".join(lines))
-    print(f"wrote {out / 'through_plane.md'}")
+    if len(rows[0]["per_case"]) <= 12:  # a few cases: each one's kidney / tumour Dice
+        lines += ["", "| case | " + " | ".join(f"sigma {r['sigma_mm']:g} {r['precision']}" for r in rows) + " |",
+                  "| --- |" + " ---: |" * len(rows)]
+        for c in sorted(rows[0]["per_case"]):
+            lines.append(f"| {c} | " + " | ".join(f"{r['per_case'][c]['kidney_dice']:.3f} / "
+                                                  f"{r['per_case'][c]['tumour_dice']:.3f}" for r in rows) + " |")
+        lines += ["", "Per case: kidney / tumour Dice."]
+    split_arg = f"--split SPLIT --part {args.part} " if args.split else ""
+    lines += ["", f"Command: `python benchmarks/bench_through_plane.py --data DATA {split_arg}--sigmas {args.sigmas}`.", ""]
+    (out / f"{args.name}.md").write_text("\n".join(lines))
+    print(f"wrote {out / args.name}.md")
     return 0
 
 
