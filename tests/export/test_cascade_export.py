@@ -37,7 +37,8 @@ def _cascade_run(root, data_dir):
                                                       "regions": [[0], [1, 2, 3]]},
          "checkpoint": "localise/best.pt"},
         {"name": "segment", "role": "segment", "arch": "tiny_unet", "model_kwargs": {"classes": 4},
-         "preprocess": SEGMENT.to_dict(), "output": {"activation": "softmax", "labels": [0, 1, 2, 3]},
+         "preprocess": SEGMENT.to_dict(), "output": {"activation": "softmax", "labels": [0, 1, 2, 3],
+                                                     "through_plane_sigma_mm": 6.0},
          "roi": {"source_stage": "localise", "labels": [1, 2, 3], "margin_mm": 6.0},
          "checkpoint": "segment/best.pt"},
     ]
@@ -152,6 +153,9 @@ def test_export_again_from_the_package(cascade, tmp_path):
     assert rep["quantisation"]["segment"]["calibration"]["source"] == f"run split 'train' of {data}"
     assert pkg.stage("segment").files["int8-cpu"].extra["weight_bits"] == 7
     assert verify_package(again, quiet=True) == 0
+    # the run's through-plane smoothing travels into the package and on into its re-export
+    assert first.stage("segment").output.through_plane_sigma_mm == pkg.stage("segment").output.through_plane_sigma_mm == 6.0
+    assert first.stage("localise").output.through_plane_sigma_mm == 0.0
 
 
 def test_export_from_a_package_checks_its_weights(cascade, tmp_path):
