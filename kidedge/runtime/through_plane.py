@@ -12,7 +12,7 @@ Only probabilities of the slices in flight are held: :class:`ThroughPlaneSmoothe
 the logits of consecutive slices in order (micro-batches of any size) and hands back the
 smoothed probabilities of every slice whose upper neighbours have all arrived, so it
 keeps ``2 * reach`` slices plus one micro-batch. :func:`smooth_probabilities` does the
-same to a whole stack at once (the baselines, tests); both give the same numbers.
+same to a whole stack at once (tests; the baselines do it in torch); all give the same numbers.
 Slices beyond the ends of the stack (the region's first and last slices) are the end
 slices repeated.
 """
