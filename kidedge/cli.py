@@ -199,12 +199,16 @@ def export(run_dir, out, fp16, int8, calib, calib_method, float_layers, tensorrt
               help="Jetson: run TensorRT plans built for this DLA core (a stage without one runs its GPU plan).")
 @click.option("--format", "fmt", type=click.Choice(["nifti", "dicom-seg"]), default="nifti", show_default=True,
               help="Label map format: NIfTI, or a DICOM SEG object referencing the source series (DICOM inputs only).")
+@click.option("--through-plane-mm", type=float, default=None,
+              help="Average a 2D segmenter's class probabilities over slices with a Gaussian of this sigma "
+                   "(mm) instead of the package's (the built-in: 4); 0: each slice alone.")
 @_one_line_errors
-def infer(scans, output, model, backend, precision, batch, profile, overlay, no_gate, fmt, dla_core):
+def infer(scans, output, model, backend, precision, batch, profile, overlay, no_gate, fmt, dla_core, through_plane_mm):
     """Segment kidneys, tumours and cysts in CT scans (NIfTI or DICOM folders)."""
     fn = _library_call("kidedge.runtime.command", "infer_command", "issue 6")
     return fn(list(scans), output=output, model=model, backend=backend, precision=precision,
-              batch=batch, profile=profile, overlay=overlay, gate=not no_gate, fmt=fmt, dla_core=dla_core)
+              batch=batch, profile=profile, overlay=overlay, gate=not no_gate, fmt=fmt, dla_core=dla_core,
+              through_plane_mm=through_plane_mm)
 
 
 @main.command()

@@ -101,7 +101,8 @@ def _run_jobs(jobs: list[ScanJob], segmenter: Segmenter, gate: bool) -> tuple[li
 
 
 def infer_command(scans, output=None, model=None, backend="auto", precision="auto", batch=None,
-                  profile=None, overlay=None, gate=True, dla_core=None, fmt="nifti") -> int:
+                  profile=None, overlay=None, gate=True, dla_core=None, fmt="nifti",
+                  through_plane_mm=None) -> int:
     """Run ``kidedge infer``; returns the exit code (0 all written, 2 some scans failed).
 
     Args:
@@ -119,6 +120,8 @@ def infer_command(scans, output=None, model=None, backend="auto", precision="aut
             runs its GPU plan; the choice's reason says so on stderr).
         fmt: ``nifti`` (default) or ``dicom-seg``: a DICOM Segmentation object referencing
             the source series (DICOM series inputs only; :mod:`kidedge.io.dicom_seg`).
+        through_plane_mm: the segmenter's through-plane smoothing sigma in mm instead of
+            the package's (0: each slice alone; None: the package's).
 
     Raises:
         KidedgeError: a problem that stops the whole run (model, backend, output); with a
@@ -126,7 +129,7 @@ def infer_command(scans, output=None, model=None, backend="auto", precision="aut
     """
     package = ModelPackage.load(model)
     choice = select_backend(package, backend, precision, dla_core=dla_core)
-    segmenter = Segmenter(package, choice, batch=batch, threads=default_threads())
+    segmenter = Segmenter(package, choice, batch=batch, threads=default_threads(), through_plane_mm=through_plane_mm)
     jobs = plan_outputs(expand_inputs(scans), output, overlay=overlay, profile=profile, fmt=fmt)
     click.echo(f"kidedge: {package.name} on {choice.describe()} [{choice.reason}]", err=True)
     with segmenter:

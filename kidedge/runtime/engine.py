@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -127,6 +128,9 @@ class Segmenter:
             :func:`kidedge.runtime.backends.registry.cpu_parallel_calls`.
         localiser_step_mm: a cascade's localiser runs on one slice every this many mm
             (:data:`LOCALISER_STEP_MM`); 0 runs it on every slice.
+        through_plane_mm: the segmenter's through-plane smoothing sigma in mm instead of
+            the package's (``output.through_plane_sigma_mm``); 0 turns it off; None keeps
+            the package's. 2D softmax packages only.
 
     Raises:
         KidedgeError: the runtime cannot run this package; on entry, a backend that
@@ -135,7 +139,7 @@ class Segmenter:
 
     def __init__(self, package: ModelPackage, choice: BackendChoice | None = None, batch: int | None = None,
                  slab_size: int = 16, threads: int | None = None,
-                 localiser_step_mm: float = LOCALISER_STEP_MM) -> None:
+                 localiser_step_mm: float = LOCALISER_STEP_MM, through_plane_mm: float | None = None) -> None:
         check_package_runnable(package)
         avoid_hugepage_stalls()  # a scan's box-sized arrays, freed and reused: see that module
         self.localiser_step_mm = float(localiser_step_mm)
@@ -150,6 +154,8 @@ class Segmenter:
         self.threads = threads
         self.segmenter = next((s for s in package.stages if s.roi is not None), package.stages[0])
         self.localiser = package.stage(self.segmenter.roi.source_stage) if self.segmenter.roi else None
+        if through_plane_mm is not None:
+            self.segmenter = _with_through_plane(self.segmenter, float(through_plane_mm), self.is_3d)
         self.backends: dict = {}
         self._stack = contextlib.ExitStack()
 
@@ -266,6 +272,17 @@ class Segmenter:
             run_stage(scan, seg_backend, seg, write_roi, profiler, region=roi, name="segment", **common)
             profiler.count("segment_slices", roi.slices)
         return labels, g.stats()
+
+
+def _with_through_plane(stage, sigma_mm: float, is_3d: bool):
+    """``stage`` with its output's through-plane smoothing set to ``sigma_mm`` (a run-time
+    override of the package's), or a one-line refusal where it cannot apply."""
+    if not (sigma_mm >= 0 and math.isfinite(sigma_mm)):
+        raise KidedgeError(f"--through-plane-mm must be a number of mm >= 0, got {sigma_mm}")
+    if sigma_mm and (is_3d or stage.output.activation != "softmax"):
+        raise KidedgeError("--through-plane-mm: only a 2D softmax segmenter averages over slices "
+                           "(this package's is 3D or sigmoid)")
+    return dataclasses.replace(stage, output=dataclasses.replace(stage.output, through_plane_sigma_mm=sigma_mm))
 
 
 def _postprocess(labels: SparseLabels, scan) -> tuple[dict, list[str]]:

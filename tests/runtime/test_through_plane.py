@@ -146,3 +146,44 @@ def test_the_baselines_torch_smoothing_gives_the_runtimes_numbers():
     w = through_plane_weights(1.0, 2.0)
     got = smooth_probabilities_torch(torch, torch.from_numpy(z), w).numpy()
     np.testing.assert_allclose(got, smooth_probabilities(z, w), atol=1e-6)
+
+
+def test_infer_overrides_the_packages_sigma(tmp_path, ct_case, cascade_package):
+    from kidedge.runtime.command import infer_command
+
+    path, _, _ = ct_case
+    stages = {}
+    for sigma in (6.0, 0.0):
+        prof = tmp_path / f"p{sigma:g}.json"
+        assert infer_command([str(path)], output=str(tmp_path / f"o{sigma:g}.nii.gz"), model=str(cascade_package),
+                             profile=str(prof), through_plane_mm=sigma) == 0
+        stages[sigma] = json.loads(prof.read_text())["scans"][0]["profile"]["stages_s"]
+    assert "segment.smooth" in stages[6.0] and "segment.smooth" not in stages[0.0]
+
+
+@pytest.mark.parametrize("value,fragment", [("-1", "through-plane-mm"), ("nan", "through-plane-mm")])
+def test_infer_refuses_a_bad_sigma_in_one_line(tmp_path, ct_case, cascade_package, value, fragment):
+    from click.testing import CliRunner
+
+    from kidedge.cli import main
+
+    path, _, _ = ct_case
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["infer", str(path), "-o", str(out), "--model", str(cascade_package),
+                                  "--through-plane-mm", value])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_override_refuses_stages_that_cannot_average():
+    from kidedge.runtime.engine import _with_through_plane
+
+    sigmoid = dataclasses.replace(STAGE, output=StageOutput("sigmoid", (1, 2)))
+    with pytest.raises(KidedgeError, match="2D softmax"):
+        _with_through_plane(sigmoid, 4.0, is_3d=False)
+    with pytest.raises(KidedgeError, match="2D softmax"):
+        _with_through_plane(STAGE, 4.0, is_3d=True)
+    assert _with_through_plane(sigmoid, 0.0, is_3d=False).output.through_plane_sigma_mm == 0.0
+    assert _with_through_plane(STAGE, 2.5, is_3d=False).output.through_plane_sigma_mm == 2.5
