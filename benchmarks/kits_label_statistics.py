@@ -64,6 +64,7 @@ def main(argv=None) -> int:
             cases += 1
             print(case, flush=True)
     big = [m for m in masses if m["ml"] >= MASS_ROUND_FROM_ML]
+    masses_dice = [r["masses_dice"] for r in removed if r["masses_dice"] is not None]  # maps with masses
     by_case: dict[str, list] = {}
     for c in kidneys:
         by_case.setdefault(c["case"], []).append(c["ml"])
@@ -82,9 +83,8 @@ def main(argv=None) -> int:
         "review_removes_from_truth_ml": _pct([r["ml"] for r in removed]),
         "masses_from_1ml_removed": [m for m in big if not m["kept"]],
         "masses_read_as_kidney": sum(m["became"] == "kidney" for m in masses),
-        "truth_masses_dice_after_review": _pct([r["masses_dice"] for r in removed if r["masses_dice"] is not None]),
-        "truth_masses_dice_after_review_mean": round(float(np.mean(
-            [r["masses_dice"] for r in removed if r["masses_dice"] is not None])), 4),
+        "truth_masses_dice_after_review": _pct(masses_dice),
+        "truth_masses_dice_after_review_mean": round(float(np.mean(masses_dice)), 4),
         "maps_left_without_masses": [r["case"] for r in removed if r["masses_dice"] is not None and not r["masses_left"]],
         "thresholds": {"MASS_MIN_CONTACT_FRACTION": MASS_MIN_CONTACT_FRACTION,
                        "MASS_MIN_SPHERICITY": MASS_MIN_SPHERICITY, "MASS_MIN_ML": MASS_MIN_ML, "PIECE_ML": PIECE_ML},

@@ -80,8 +80,12 @@ class ThroughPlaneSmoother:
         self._slices: list[np.ndarray] = []  # probabilities of slices _first .. _first + len - 1
         self._first = 0  # index (within the stack) of _slices[0]
         self._next_out = 0  # first slice not yet handed back
-        self._received = 0
         self._offset: int | None = None  # the caller's index of stack slice 0
+
+    @property
+    def _received(self) -> int:
+        """Slices pushed so far (those dropped plus those held)."""
+        return self._first + len(self._slices)
 
     def push(self, start: int, logits: np.ndarray) -> tuple[int, np.ndarray] | None:
         if self._offset is None:
@@ -90,7 +94,6 @@ class ThroughPlaneSmoother:
             raise ValueError(f"slices must come in order: expected {self._offset + self._received}, got {start}")
         p = softmax(np.array(logits, dtype=np.float32))
         self._slices.extend(p)
-        self._received += p.shape[0]
         return self._emit(self._received - self.reach)
 
     def finish(self) -> tuple[int, np.ndarray] | None:
