@@ -95,6 +95,7 @@ def main(argv=None) -> int:
             shutil.rmtree(pkg)
             print(f"sigma {sigma:g} mm: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     package_name = json.loads((Path(args.model) / MANIFEST_NAME).read_text())["name"]
     report = {"kidedge_through_plane": 1, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "package": package_name, "data": Path(args.data).name, "split": Path(args.split).name if args.split else None,
